@@ -1,0 +1,146 @@
+"""Domain requests and results of the face service: what the engine takes and returns.
+
+These are transport-free; ``service.convert`` is the only module that turns them into and
+out of protobuf messages.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+class Decision(enum.Enum):
+    MATCH = "MATCH"
+    NO_MATCH = "NO_MATCH"
+    AMBIGUOUS = "AMBIGUOUS"
+    NEED_HINT = "NEED_HINT"
+
+
+class CollectionKind(enum.Enum):
+    """Assurance level: *pay* uses the strict threshold, *member* the lenient one."""
+
+    PAY = "PAY"
+    MEMBER = "MEMBER"
+
+
+@dataclass(frozen=True, slots=True)
+class FaceBox:
+    """The face used, in the original image's pixels after EXIF orientation."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class FaceQuality:
+    """Per-image quality of an enrolled or probed face."""
+
+    box: FaceBox
+    inter_eye_px: float
+    detection_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSpec:
+    name: str
+    kind: CollectionKind = CollectionKind.MEMBER
+    # None = take the model pack's calibrated default for the collection kind.
+    threshold: float | None = None
+    margin: float | None = None
+    # Above this many enrolled users an un-hinted Identify answers NEED_HINT; 0 = never.
+    hint_required_above: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    name: str
+    kind: CollectionKind
+    threshold: float
+    margin: float
+    hint_required_above: int
+    model_id: str
+    user_count: int
+    face_count: int
+    created_at: float  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollRequest:
+    collection: str
+    uid: str
+    images: Sequence[bytes]
+    phone_number: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    allow_duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollResult:
+    uid: str
+    face_ids: tuple[int, ...]
+    qualities: tuple[FaceQuality, ...]
+    created: bool  # False when the uid already existed (faces added or re-enrolment was a no-op)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    uid: str
+    score: float  # cosine similarity, higher is more similar
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyRequest:
+    collection: str
+    image: bytes | None = None
+    hint: str | None = None  # last 4 digits of the phone number
+    top_k: int = 5
+    probe_token: str | None = None  # from an earlier NEED_HINT answer; replaces the image
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyResult:
+    decision: Decision
+    uid: str | None
+    score: float
+    candidates: tuple[Candidate, ...]
+    face: FaceBox | None
+    threshold: float
+    probe_token: str | None = None
+    probe_token_ttl_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    collection: str
+    uid: str
+    image: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    match: bool
+    score: float
+    threshold: float
+    face: FaceBox
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    collection: str
+    uid: str
+    face_count: int
+    has_phone: bool
+    metadata: Mapping[str, str]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserPage:
+    users: tuple[UserInfo, ...]
+    next_page_token: str  # "" when this is the last page

@@ -1,0 +1,120 @@
+"""facegate's exception tree, free of any transport.
+
+Every error a caller can cause or observe is one of these; the gRPC layer maps them to
+status codes in exactly one place (``service.grpc_errors``) and attaches ``reason`` and
+``metadata`` as a ``google.rpc.ErrorInfo``. "No match" is a result, never an error.
+
+    FacegateError
+    ├── InvalidInput                     INVALID_ARGUMENT
+    │   ├── InvalidArgument              reason INVALID_ARGUMENT
+    │   ├── ImageUndecodable             reason IMAGE_UNDECODABLE
+    │   └── ImageTooLarge                reason IMAGE_TOO_LARGE
+    ├── FaceRejected                     FAILED_PRECONDITION (the photo, not the request, is the problem)
+    │   ├── NoFace                       reason NO_FACE
+    │   ├── MultipleFaces                reason MULTIPLE_FACES
+    │   ├── LowQuality                   reason LOW_QUALITY
+    │   └── LivenessFailed               reason LIVENESS_FAILED
+    ├── NotFound                         NOT_FOUND
+    │   ├── UnknownCollection            reason UNKNOWN_COLLECTION
+    │   └── UnknownUser                  reason UNKNOWN_USER
+    ├── Conflict                         ALREADY_EXISTS / FAILED_PRECONDITION
+    │   ├── CollectionExists             reason COLLECTION_EXISTS
+    │   ├── DuplicateFace                reason DUPLICATE_FACE
+    │   └── ModelMismatch                reason MODEL_MISMATCH
+    ├── ProbeTokenInvalid                reason PROBE_TOKEN_INVALID (expired, unknown, wrong collection)
+    ├── Overloaded                       RESOURCE_EXHAUSTED, reason OVERLOADED
+    └── ModelPackError                   FAILED_PRECONDITION, reason MODEL_PACK_INVALID
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class FacegateError(Exception):
+    """Base of every error facegate raises on purpose."""
+
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Machine-readable details (which check failed, by how much); strings only, because
+        # they travel as google.rpc.ErrorInfo metadata.
+        self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
+
+
+class InvalidInput(FacegateError):
+    reason = "INVALID_ARGUMENT"
+
+
+class InvalidArgument(InvalidInput):
+    reason = "INVALID_ARGUMENT"
+
+
+class ImageUndecodable(InvalidInput):
+    reason = "IMAGE_UNDECODABLE"
+
+
+class ImageTooLarge(InvalidInput):
+    reason = "IMAGE_TOO_LARGE"
+
+
+class FaceRejected(FacegateError):
+    reason = "FACE_REJECTED"
+
+
+class NoFace(FaceRejected):
+    reason = "NO_FACE"
+
+
+class MultipleFaces(FaceRejected):
+    reason = "MULTIPLE_FACES"
+
+
+class LowQuality(FaceRejected):
+    reason = "LOW_QUALITY"
+
+
+class LivenessFailed(FaceRejected):
+    reason = "LIVENESS_FAILED"
+
+
+class NotFound(FacegateError):
+    reason = "NOT_FOUND"
+
+
+class UnknownCollection(NotFound):
+    reason = "UNKNOWN_COLLECTION"
+
+
+class UnknownUser(NotFound):
+    reason = "UNKNOWN_USER"
+
+
+class Conflict(FacegateError):
+    reason = "CONFLICT"
+
+
+class CollectionExists(Conflict):
+    reason = "COLLECTION_EXISTS"
+
+
+class DuplicateFace(Conflict):
+    reason = "DUPLICATE_FACE"
+
+
+class ModelMismatch(Conflict):
+    reason = "MODEL_MISMATCH"
+
+
+class ProbeTokenInvalid(FacegateError):
+    reason = "PROBE_TOKEN_INVALID"
+
+
+class Overloaded(FacegateError):
+    reason = "OVERLOADED"
+
+
+class ModelPackError(FacegateError):
+    reason = "MODEL_PACK_INVALID"
