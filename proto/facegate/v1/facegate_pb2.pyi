@@ -1,0 +1,283 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CollectionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLLECTION_KIND_UNSPECIFIED: _ClassVar[CollectionKind]
+    COLLECTION_KIND_PAY: _ClassVar[CollectionKind]
+    COLLECTION_KIND_MEMBER: _ClassVar[CollectionKind]
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    DECISION_MATCH: _ClassVar[Decision]
+    DECISION_NO_MATCH: _ClassVar[Decision]
+    DECISION_AMBIGUOUS: _ClassVar[Decision]
+    DECISION_NEED_HINT: _ClassVar[Decision]
+COLLECTION_KIND_UNSPECIFIED: CollectionKind
+COLLECTION_KIND_PAY: CollectionKind
+COLLECTION_KIND_MEMBER: CollectionKind
+DECISION_UNSPECIFIED: Decision
+DECISION_MATCH: Decision
+DECISION_NO_MATCH: Decision
+DECISION_AMBIGUOUS: Decision
+DECISION_NEED_HINT: Decision
+
+class FaceBox(_message.Message):
+    __slots__ = ("left", "top", "right", "bottom", "score")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    left: float
+    top: float
+    right: float
+    bottom: float
+    score: float
+    def __init__(self, left: _Optional[float] = ..., top: _Optional[float] = ..., right: _Optional[float] = ..., bottom: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
+
+class FaceQuality(_message.Message):
+    __slots__ = ("box", "inter_eye_px", "detection_score")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    INTER_EYE_PX_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    box: FaceBox
+    inter_eye_px: float
+    detection_score: float
+    def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., inter_eye_px: _Optional[float] = ..., detection_score: _Optional[float] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    HINT_REQUIRED_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: CollectionKind
+    threshold: float
+    margin: float
+    hint_required_above: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ...) -> None: ...
+
+class Collection(_message.Message):
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "model_id", "user_count", "face_count", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    HINT_REQUIRED_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: CollectionKind
+    threshold: float
+    margin: float
+    hint_required_above: int
+    model_id: str
+    user_count: int
+    face_count: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., model_id: _Optional[str] = ..., user_count: _Optional[int] = ..., face_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DeleteCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteCollectionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[Collection]
+    def __init__(self, collections: _Optional[_Iterable[_Union[Collection, _Mapping]]] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("collection", "uid", "images", "phone_number", "metadata", "allow_duplicate")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PHONE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    uid: str
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    phone_number: str
+    metadata: _containers.ScalarMap[str, str]
+    allow_duplicate: bool
+    def __init__(self, collection: _Optional[str] = ..., uid: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., phone_number: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., allow_duplicate: _Optional[bool] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("uid", "face_ids", "qualities", "created")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    QUALITIES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    face_ids: _containers.RepeatedScalarFieldContainer[int]
+    qualities: _containers.RepeatedCompositeFieldContainer[FaceQuality]
+    created: bool
+    def __init__(self, uid: _Optional[str] = ..., face_ids: _Optional[_Iterable[int]] = ..., qualities: _Optional[_Iterable[_Union[FaceQuality, _Mapping]]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("uid", "score")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    score: float
+    def __init__(self, uid: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class IdentifyRequest(_message.Message):
+    __slots__ = ("collection", "image", "probe_token", "hint", "top_k")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    image: bytes
+    probe_token: str
+    hint: str
+    top_k: int
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., probe_token: _Optional[str] = ..., hint: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class IdentifyResponse(_message.Message):
+    __slots__ = ("decision", "uid", "score", "candidates", "face", "threshold", "probe_token", "probe_token_ttl_s")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PROBE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROBE_TOKEN_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    uid: str
+    score: float
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    face: FaceBox
+    threshold: float
+    probe_token: str
+    probe_token_ttl_s: float
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., uid: _Optional[str] = ..., score: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., face: _Optional[_Union[FaceBox, _Mapping]] = ..., threshold: _Optional[float] = ..., probe_token: _Optional[str] = ..., probe_token_ttl_s: _Optional[float] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("collection", "uid", "image")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    uid: str
+    image: bytes
+    def __init__(self, collection: _Optional[str] = ..., uid: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("match", "score", "threshold", "face")
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
+    match: bool
+    score: float
+    threshold: float
+    face: FaceBox
+    def __init__(self, match: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., face: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
+
+class DeleteUserRequest(_message.Message):
+    __slots__ = ("collection", "uid")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    uid: str
+    def __init__(self, collection: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+
+class DeleteUserResponse(_message.Message):
+    __slots__ = ("faces_deleted",)
+    FACES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    faces_deleted: int
+    def __init__(self, faces_deleted: _Optional[int] = ...) -> None: ...
+
+class GetUserRequest(_message.Message):
+    __slots__ = ("collection", "uid")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    uid: str
+    def __init__(self, collection: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+
+class User(_message.Message):
+    __slots__ = ("collection", "uid", "face_count", "has_phone", "metadata", "created_at", "updated_at")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HAS_PHONE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    uid: str
+    face_count: int
+    has_phone: bool
+    metadata: _containers.ScalarMap[str, str]
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, collection: _Optional[str] = ..., uid: _Optional[str] = ..., face_count: _Optional[int] = ..., has_phone: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListUsersRequest(_message.Message):
+    __slots__ = ("collection", "page_size", "page_token")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    page_size: int
+    page_token: str
+    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListUsersResponse(_message.Message):
+    __slots__ = ("users", "next_page_token")
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[User]
+    next_page_token: str
+    def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
