@@ -1,0 +1,91 @@
+"""Boundary checks: everything entering the gallery is verified here, once.
+
+Errors name the offending argument and row so a bad enrolment is easy to find.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from index.errors import DimensionMismatch, DuplicateId, InvalidVectors
+
+NORM_TOLERANCE = 1e-3
+
+F32Array = npt.NDArray[np.float32]
+I64Array = npt.NDArray[np.int64]
+
+
+def check_matrix(x: object, dim: int, name: str) -> F32Array:
+    """A (n, dim) float32 C-contiguous finite matrix; returned as-is (no copy)."""
+    if not isinstance(x, np.ndarray):
+        raise InvalidVectors(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise InvalidVectors(f"{name} must be float32, got {x.dtype}")
+    if x.ndim != 2:
+        raise InvalidVectors(f"{name} must be 2-D (n, {dim}), got shape {x.shape}")
+    if x.shape[1] != dim:
+        raise DimensionMismatch(f"{name} has dimension {x.shape[1]}, gallery has {dim}")
+    if not x.flags.c_contiguous:
+        raise InvalidVectors(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+    if x.size and not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise InvalidVectors(f"{name} row {bad} contains NaN or inf")
+    return x
+
+
+def check_normalised(x: F32Array, name: str) -> None:
+    """Cosine similarity is computed as an inner product, so norms must be 1."""
+    if x.shape[0] == 0:
+        return
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        bad = int(np.flatnonzero(off)[0])
+        raise InvalidVectors(
+            f"{name} row {bad} has L2 norm {norms[bad]:.6f}; vectors must be L2-normalised"
+        )
+
+
+def check_ids(
+    ids: object, n: int | None, name: str = "face_ids", unique: bool = True
+) -> I64Array:
+    """A 1-D int64 array of non-negative ids (-1 is FAISS's 'none'), unique if asked."""
+    if not isinstance(ids, np.ndarray):
+        raise InvalidVectors(f"{name} must be a numpy array, got {type(ids).__name__}")
+    if ids.dtype != np.int64:
+        raise InvalidVectors(f"{name} must be int64, got {ids.dtype}")
+    if ids.ndim != 1:
+        raise InvalidVectors(f"{name} must be 1-D, got shape {ids.shape}")
+    if n is not None and ids.shape[0] != n:
+        raise InvalidVectors(f"{name} has {ids.shape[0]} entries, expected {n}")
+    if ids.size and int(ids.min()) < 0:
+        raise InvalidVectors(f"{name} must be >= 0 (-1 means 'no face' in results)")
+    if unique and ids.size > 1:
+        uniq, counts = np.unique(ids, return_counts=True)
+        if uniq.shape[0] != ids.shape[0]:
+            raise DuplicateId(f"{name} contains duplicates: {uniq[counts > 1][:5].tolist()}")
+    return ids
+
+
+def check_labels(values: object, n: int, name: str, allow_none: bool) -> list[str | None]:
+    """UIDs / partition keys: a sequence of n non-empty str (or None if allowed)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+        raise InvalidVectors(f"{name} must be a sequence of str")
+    out: list[str | None] = list(values)
+    if len(out) != n:
+        raise InvalidVectors(f"{name} has {len(out)} entries, expected {n}")
+    for i, v in enumerate(out):
+        if v is None and allow_none:
+            continue
+        if not isinstance(v, str) or not v:
+            raise InvalidVectors(f"{name}[{i}] must be a non-empty str, got {v!r}")
+    return out
+
+
+def check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or int(k) < 1:
+        raise InvalidVectors(f"k must be a positive int, got {k!r}")
+    return int(k)
