@@ -184,10 +184,13 @@ class Gallery:
         return out
 
     def count(self) -> int:
-        return self._n
+        # Under the read lock: a removal updates the count face by face.
+        with self._lock.read():
+            return self._n
 
     def count_uids(self) -> int:
-        return len(self._uid_code)
+        with self._lock.read():
+            return len(self._uid_code)
 
     def __len__(self) -> int:
         return self._n
@@ -195,7 +198,8 @@ class Gallery:
     def __contains__(self, face_id: object) -> bool:
         if isinstance(face_id, bool) or not isinstance(face_id, int | np.integer):
             return False
-        return int(face_id) in self._face_row
+        with self._lock.read():
+            return int(face_id) in self._face_row
 
     def face_ids(self) -> I64Array:
         with self._lock.read():
