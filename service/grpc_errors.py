@@ -50,10 +50,6 @@ class ServiceNotReady(errors.FacegateError):
     reason = "NOT_READY"
 
 
-class DeadlineExceeded(errors.FacegateError):
-    reason = "DEADLINE_EXCEEDED"
-
-
 class RemoteError(errors.FacegateError):
     """A failed call the client could not map to a known facegate error class."""
 
@@ -83,7 +79,7 @@ _CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ModelPackError: grpc.StatusCode.FAILED_PRECONDITION,
     ServiceNotReady: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.FacegateError: grpc.StatusCode.INTERNAL,
 }
@@ -110,7 +106,7 @@ def status_for(exc: BaseException) -> grpc.Status:
     if isinstance(exc, errors.FacegateError):
         message, reason, metadata = exc.message, exc.reason, exc.metadata
     elif isinstance(exc, TimeoutError):
-        message, reason, metadata = "deadline exceeded", DeadlineExceeded.reason, {}
+        message, reason, metadata = "deadline exceeded", errors.DeadlineExceeded.reason, {}
     else:
         message, reason, metadata = INTERNAL_MESSAGE, INTERNAL_REASON, {}
     return make_status(code, message, reason, metadata)
