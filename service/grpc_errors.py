@@ -50,6 +50,12 @@ class ServiceNotReady(errors.FacegateError):
     reason = "NOT_READY"
 
 
+class DeadlineExceeded(errors.FacegateError):
+    """The call's deadline passed (the engine itself signals this with ``TimeoutError``)."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
 class RemoteError(errors.FacegateError):
     """A failed call the client could not map to a known facegate error class."""
 
@@ -79,7 +85,7 @@ _CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ModelPackError: grpc.StatusCode.FAILED_PRECONDITION,
     ServiceNotReady: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.FacegateError: grpc.StatusCode.INTERNAL,
 }
@@ -106,7 +112,7 @@ def status_for(exc: BaseException) -> grpc.Status:
     if isinstance(exc, errors.FacegateError):
         message, reason, metadata = exc.message, exc.reason, exc.metadata
     elif isinstance(exc, TimeoutError):
-        message, reason, metadata = "deadline exceeded", errors.DeadlineExceeded.reason, {}
+        message, reason, metadata = "deadline exceeded", DeadlineExceeded.reason, {}
     else:
         message, reason, metadata = INTERNAL_MESSAGE, INTERNAL_REASON, {}
     return make_status(code, message, reason, metadata)
@@ -178,6 +184,8 @@ def error_from_rpc(err: grpc.RpcError) -> errors.FacegateError:
     message = (err.details() if isinstance(err, grpc.Call) else None) or str(code.name)
     info = error_info(err)
     if info is None:
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the client's own timeout fired
+            return DeadlineExceeded(message)
         return RemoteError(message, code=code, reason=code.name)
     metadata = {str(k): str(v) for k, v in info.metadata.items()}
     cls = _BY_REASON.get(str(info.reason))

@@ -31,8 +31,8 @@ from grpc_reflection.v1alpha import reflection
 
 from service import convert
 from service.config import Settings
-from service.errors import DeadlineExceeded, InvalidArgument
-from service.grpc_errors import ServiceNotReady, is_expected, status_for
+from service.errors import InvalidArgument
+from service.grpc_errors import DeadlineExceeded, ServiceNotReady, is_expected, status_for
 from service.ports import FaceServicePort
 
 log = logging.getLogger(__name__)

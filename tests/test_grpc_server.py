@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from service import errors
 from service.grpc_errors import (
+    DeadlineExceeded,
     RemoteError,
     ServiceNotReady,
     error_from_rpc,
@@ -147,7 +148,7 @@ ERROR_CASES: list[tuple[errors.FacegateError, grpc.StatusCode]] = [
     (errors.ProbeTokenInvalid("bad"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded("bad"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ModelPackError("bad"), grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.DeadlineExceeded("bad"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    (DeadlineExceeded("bad"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (ServiceNotReady("bad"), grpc.StatusCode.UNAVAILABLE),
 ]
 
