@@ -411,6 +411,16 @@ def test_over_max_bytes() -> None:
     assert info.value.metadata == {"bytes": str(len(data)), "limit": str(len(data) - 1)}
     assert info.value.reason == "IMAGE_TOO_LARGE"
     decode_ok(data, limits=DecodeLimits(max_bytes=len(data)))
+    for wrap in (bytearray, memoryview):
+        with pytest.raises(ImageTooLarge):
+            decode_image(wrap(data), DecodeLimits(max_bytes=len(data) - 1))
+
+
+def test_released_memoryview() -> None:
+    view = memoryview(encode(Image.fromarray(rng_rgb(20, 20)), "PNG"))
+    view.release()
+    with pytest.raises(InvalidArgument):
+        decode_image(view)
 
 
 @pytest.mark.parametrize("side", [1, 8, MIN_SIDE - 1])

@@ -94,14 +94,9 @@ def decode_image(
     ``ImageTooLarge`` for too many bytes or a declared size over ``limits`` (checked before
     decoding), ``ImageUndecodable`` for anything that is not a complete JPEG, PNG or WebP.
     """
-    payload = _as_bytes(data)
+    payload = _as_bytes(data, limits.max_bytes)
     if not payload:
         raise ImageUndecodable("empty image: no bytes were sent")
-    if len(payload) > limits.max_bytes:
-        raise ImageTooLarge(
-            f"image is {len(payload)} bytes; the limit is {limits.max_bytes}",
-            metadata={"bytes": str(len(payload)), "limit": str(limits.max_bytes)},
-        )
     fmt = _sniff_format(payload)
     if fmt == "WEBP":
         # Must precede opening: the WebP plugin allocates the canvas in its constructor.
@@ -114,7 +109,8 @@ def decode_image(
     except (ImageTooLarge, ImageUndecodable, InvalidArgument):
         raise
     except Image.DecompressionBombError as exc:
-        # Only reachable if our limits were configured above 2x Pillow's global guard.
+        # Pillow's WebP plugin applies the process-global guard while opening; reachable only
+        # when that guard is set below our limits (ours run first otherwise).
         raise ImageTooLarge(f"{fmt} image is too large: {exc}") from exc
     except _DECODE_ERRORS as exc:
         raise ImageUndecodable(
@@ -131,20 +127,26 @@ def decode_image(
         ) from exc
 
 
-def _as_bytes(data: object) -> bytes:
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, bytearray):
-        return bytes(data)
+def _as_bytes(data: object, max_bytes: int) -> bytes:
+    """The payload as bytes, refusing other types and (before any copy) too many bytes."""
     if isinstance(data, memoryview):
         try:
-            return data.tobytes()
-        except (TypeError, ValueError) as exc:  # e.g. a released view
+            size = data.nbytes
+        except ValueError as exc:  # a released view
             raise InvalidArgument(f"image memoryview is not readable: {exc}") from exc
-    raise InvalidArgument(
-        f"image must be bytes, bytearray or memoryview, not {type(data).__name__}",
-        metadata={"type": type(data).__name__},
-    )
+    elif isinstance(data, bytes | bytearray):
+        size = len(data)
+    else:
+        raise InvalidArgument(
+            f"image must be bytes, bytearray or memoryview, not {type(data).__name__}",
+            metadata={"type": type(data).__name__},
+        )
+    if size > max_bytes:
+        raise ImageTooLarge(
+            f"image is {size} bytes; the limit is {max_bytes}",
+            metadata={"bytes": str(size), "limit": str(max_bytes)},
+        )
+    return data if isinstance(data, bytes) else bytes(data)
 
 
 def _sniff_format(payload: bytes) -> str:
