@@ -1,0 +1,91 @@
+"""Identify decisions: pure functions from search results and a collection's policy.
+
+The rules, in order (a payment must never go to the wrong person, so every doubt resolves
+to "ask for more" rather than to a guess):
+
+1. No hint, and the collection holds more users than ``hint_required_above`` (> 0):
+   NEED_HINT without searching. A large gallery's false-match budget is spent before the
+   face is even compared, so no score can justify a MATCH.
+2. Nobody at or above ``threshold``: NO_MATCH.
+3. The second UID scores within ``margin`` of the best (``second >= best - margin``):
+   AMBIGUOUS when the search was hinted (there is nothing left to narrow), NEED_HINT
+   when it was not and hints can help (some user in the collection has a phone bucket),
+   AMBIGUOUS otherwise.
+4. Otherwise: MATCH with the best UID.
+
+Candidates (best first, at most ``top_k``) are returned with MATCH, NO_MATCH and AMBIGUOUS
+for the operator; NEED_HINT returns none, because it exists to withhold an identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from index import SearchResult
+from service.domain import Candidate, CollectionKind, Decision
+
+# Until issue 5 calibrates per-kind thresholds on a false-match target, PAY is the pack's
+# default plus this much (stricter), MEMBER is the pack's default.
+PAY_THRESHOLD_OFFSET = 0.04
+DEFAULT_MARGIN = {CollectionKind.PAY: 0.05, CollectionKind.MEMBER: 0.03}
+
+
+def default_threshold(kind: CollectionKind, pack_default: float) -> float:
+    """A collection's threshold when its spec leaves it unset."""
+    if kind is CollectionKind.PAY:
+        return min(1.0, pack_default + PAY_THRESHOLD_OFFSET)
+    return pack_default
+
+
+def default_margin(kind: CollectionKind) -> float:
+    return DEFAULT_MARGIN[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    threshold: float
+    margin: float
+    hint_required_above: int  # 0 = never require a hint because of size
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision: Decision
+    uid: str | None
+    score: float  # best UID's score (0.0 when nothing was searched or found)
+    candidates: tuple[Candidate, ...]
+
+
+def hint_required_by_size(policy: Policy, user_count: int, hinted: bool) -> bool:
+    """Rule 1: must an un-hinted request be turned away before searching?"""
+    limit = policy.hint_required_above
+    return (not hinted) and limit > 0 and user_count > limit
+
+
+def need_hint() -> Outcome:
+    return Outcome(Decision.NEED_HINT, None, 0.0, ())
+
+
+def decide(
+    result: SearchResult,
+    policy: Policy,
+    *,
+    hinted: bool,
+    hints_available: bool,
+    top_k: int,
+) -> Outcome:
+    """Rules 2-4 on one query's search result (top UIDs, best first)."""
+    if len(result) == 0:
+        return Outcome(Decision.NO_MATCH, None, 0.0, ())
+    candidates = tuple(
+        Candidate(uid, float(score))
+        for uid, score in zip(result.uids[:top_k], result.scores[:top_k].tolist(), strict=True)
+    )
+    best = float(result.scores[0])
+    if best < policy.threshold:
+        return Outcome(Decision.NO_MATCH, None, best, candidates)
+    if len(result) > 1 and float(result.scores[1]) >= best - policy.margin:
+        if not hinted and hints_available:
+            return Outcome(Decision.NEED_HINT, None, best, ())
+        return Outcome(Decision.AMBIGUOUS, None, best, candidates)
+    return Outcome(Decision.MATCH, result.uids[0], best, candidates)

@@ -1,0 +1,545 @@
+"""The face service without a transport: collections, enrolment, identification, deletion.
+
+Data flow (see DESIGN.md): bytes -> decode -> locate -> select the customer's face -> align
+-> embed (micro-batched across concurrent requests) -> search (micro-batched) -> decide.
+
+Consistency rules:
+* The store is written first and durably; the in-memory gallery follows. Every write to a
+  collection (enrol, delete user, delete collection) holds that collection's lock across
+  both steps, so the gallery never lags the store by more than the call in progress, and
+  a deleted user is out of the gallery before ``delete_user`` returns.
+* Searches take no collection lock (the gallery has its own readers-writer lock), so
+  payments are never queued behind enrolments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from index import Gallery, IndexConfig, SearchResult, UnknownId
+from service import request_checks as checks
+from service.batching import MicroBatcher
+from service.config import DecodeLimits, Settings
+from service.decisions import (
+    Policy,
+    decide,
+    default_margin,
+    default_threshold,
+    hint_required_by_size,
+    need_hint,
+)
+from service.domain import (
+    CollectionInfo,
+    CollectionKind,
+    CollectionSpec,
+    Decision,
+    EnrollRequest,
+    EnrollResult,
+    FaceQuality,
+    IdentifyRequest,
+    IdentifyResult,
+    UserInfo,
+    UserPage,
+    VerifyRequest,
+    VerifyResult,
+)
+from service.enrollment import plan_enrollment
+from service.errors import (
+    FacegateError,
+    InvalidArgument,
+    ModelMismatch,
+    UnknownCollection,
+    UnknownUser,
+)
+from service.face_selection import select_face
+from service.gallery_restore import add_rows, remove_orphan_snapshots, snapshot_path
+from service.phone import PhoneHasher
+from service.pipeline.analyzer import FaceAnalyzer
+from service.pipeline.decode import decode_image
+from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
+from service.probe_tokens import Probe, ProbeTokens
+from service.store import CollectionRow, Store, UserRow
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[bytes, DecodeLimits], DecodedImage]
+
+
+@dataclass
+class _Collection:
+    row: CollectionRow
+    gallery: Gallery | None  # None: enrolled with another model than the one loaded
+    lock: threading.Lock
+    phone_users: int  # users with a phone bucket: hints can help only if > 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Face:
+    embedding: FloatArray  # (D,)
+    quality: FaceQuality
+
+
+@dataclass(frozen=True, slots=True)
+class _SearchJob:
+    gallery: Gallery
+    query: FloatArray  # (D,)
+    k: int
+    partition: str | None
+
+
+class FaceService:
+    def __init__(
+        self,
+        settings: Settings,
+        analyzer: FaceAnalyzer,
+        store: Store,
+        galleries: Mapping[str, Gallery],
+        secret: bytes,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        decoder: Decoder | None = None,
+        index_config: IndexConfig | None = None,
+    ) -> None:
+        self._settings = settings
+        self._analyzer = analyzer
+        self._store = store
+        self._clock = clock
+        self._decode: Decoder = decoder if decoder is not None else decode_image
+        self._index_config = index_config if index_config is not None else IndexConfig()
+        self._model_id = analyzer.model_id
+        self._dim = analyzer.embedding_dim
+        self._phones = PhoneHasher(secret)
+        self._digest_key = hmac.new(secret, b"facegate/image-digest", hashlib.sha256).digest()
+        self._tokens = ProbeTokens(ttl_s=settings.probe_token_ttl_s, clock=clock)
+        self._registry_lock = threading.Lock()
+        self._collections: dict[str, _Collection] = {}
+        for row in store.list_collections():
+            self._collections[row.name] = self._load_collection(row, galleries.get(row.name))
+        self._embedder: MicroBatcher[UInt8Array, FloatArray] = MicroBatcher(
+            self._embed_batch,
+            window_ms=settings.batch_window_ms,
+            max_batch=settings.max_batch,
+            name="embed",
+        )
+        self._searcher: MicroBatcher[_SearchJob, SearchResult] = MicroBatcher(
+            self._search_batch,
+            window_ms=settings.batch_window_ms,
+            max_batch=settings.max_batch,
+            name="search",
+        )
+        self._closed = False
+
+    def _load_collection(self, row: CollectionRow, gallery: Gallery | None) -> _Collection:
+        if row.model_id != self._model_id:
+            log.warning(
+                "collection %r was enrolled with model %r but %r is loaded; it answers "
+                "ModelMismatch until re-enrolled",
+                row.name,
+                row.model_id,
+                self._model_id,
+            )
+            gallery = None
+        elif gallery is None:
+            gallery = Gallery(self._dim, self._index_config)
+            for batch in self._store.iter_faces(row.name, row.model_id):
+                add_rows(gallery, batch)
+        return _Collection(
+            row, gallery, threading.Lock(), self._store.count_users_with_phone(row.name)
+        )
+
+    # --------------------------------------------------------------- collections
+
+    def create_collection(self, spec: CollectionSpec) -> CollectionInfo:
+        spec = checks.collection_spec(spec)
+        base = self._analyzer.default_threshold
+        with self._registry_lock:
+            row = self._store.create_collection(
+                spec.name,
+                kind=spec.kind.value,
+                threshold=float(
+                    spec.threshold
+                    if spec.threshold is not None
+                    else default_threshold(spec.kind, base)
+                ),
+                margin=float(spec.margin if spec.margin is not None else default_margin(spec.kind)),
+                hint_required_above=int(
+                    spec.hint_required_above
+                    if spec.hint_required_above is not None
+                    else self._settings.default_hint_required_above
+                ),
+                model_id=self._model_id,
+            )
+            coll = _Collection(row, Gallery(self._dim, self._index_config), threading.Lock(), 0)
+            self._collections[row.name] = coll
+        return self._info(coll)
+
+    def delete_collection(self, name: str) -> None:
+        coll = self._collection(name)
+        with coll.lock:
+            self._store.delete_collection(coll.row.name)
+            with self._registry_lock:
+                if self._collections.get(coll.row.name) is coll:
+                    del self._collections[coll.row.name]
+            snapshot_path(self._settings.snapshot_dir, coll.row).unlink(missing_ok=True)
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        return self._info(self._collection(name))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with self._registry_lock:
+            colls = sorted(self._collections.values(), key=lambda c: c.row.name)
+        return [self._info(c) for c in colls]
+
+    def _collection(self, name: str) -> _Collection:
+        checks.collection_name(name)
+        with self._registry_lock:
+            coll = self._collections.get(name)
+        if coll is None:
+            raise UnknownCollection(f"no collection named {name!r}", metadata={"collection": name})
+        return coll
+
+    def _gallery(self, coll: _Collection) -> Gallery:
+        if coll.gallery is None:
+            raise ModelMismatch(
+                f"collection {coll.row.name!r} holds templates of model {coll.row.model_id!r}, "
+                f"but this service runs {self._model_id!r}",
+                metadata={"collection_model": coll.row.model_id, "service_model": self._model_id},
+            )
+        return coll.gallery
+
+    def _info(self, coll: _Collection) -> CollectionInfo:
+        r = coll.row
+        g = coll.gallery
+        return CollectionInfo(
+            name=r.name,
+            kind=CollectionKind(r.kind),
+            threshold=r.threshold,
+            margin=r.margin,
+            hint_required_above=r.hint_required_above,
+            model_id=r.model_id,
+            user_count=g.count_uids() if g is not None else self._store.count_users(r.name),
+            face_count=g.count() if g is not None else self._store.count_faces(r.name),
+            created_at=r.created_at,
+        )
+
+    @staticmethod
+    def _policy(row: CollectionRow) -> Policy:
+        return Policy(row.threshold, row.margin, row.hint_required_above)
+
+    # --------------------------------------------------------------------- faces
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - self._clock()
+        if left <= 0:
+            raise TimeoutError("the call's deadline passed")
+        return left
+
+    def _faces(self, images: list[bytes], deadline: float | None) -> list[_Face]:
+        """Decode, locate, select and align each image here; embed them in one batch."""
+        chips: list[UInt8Array] = []
+        qualities: list[FaceQuality] = []
+        for i, data in enumerate(images):
+            try:
+                self._remaining(deadline)
+                image = self._decode(data, self._settings.decode)
+                self._remaining(deadline)
+                selected = select_face(self._analyzer.locate(image))
+                chips.append(self._analyzer.align(image, selected.faces)[0])
+            except FacegateError as exc:
+                if len(images) == 1:
+                    raise
+                # Say which of an enrolment's images was refused.
+                raise type(exc)(
+                    f"images[{i}]: {exc.message}", metadata={**exc.metadata, "image_index": str(i)}
+                ) from exc
+            qualities.append(selected.quality)
+        vectors = self._embedder.submit_many(chips, self._remaining(deadline))
+        return [_Face(v, q) for v, q in zip(vectors, qualities, strict=True)]
+
+    def _embed_batch(self, chips: list[UInt8Array]) -> list[FloatArray]:
+        out = np.asarray(self._analyzer.embed_chips(np.stack(chips)), dtype=np.float32)
+        if out.shape != (len(chips), self._dim) or not np.isfinite(out).all():
+            raise RuntimeError(f"embedder returned shape {out.shape} / non-finite values")
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if (norms < 1e-6).any():
+            raise RuntimeError("embedder returned a zero vector")
+        out = np.ascontiguousarray(out / norms, dtype=np.float32)
+        return list(out)
+
+    def _search(
+        self,
+        gallery: Gallery,
+        query: FloatArray,
+        k: int,
+        partition: str | None,
+        deadline: float | None,
+    ) -> SearchResult:
+        job = _SearchJob(gallery, query, k, partition)
+        return self._searcher.submit(job, self._remaining(deadline))
+
+    def _search_batch(self, jobs: list[_SearchJob]) -> list[SearchResult]:
+        out: list[SearchResult] = [SearchResult()] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(id(job.gallery), []).append(i)
+        for idx in groups.values():
+            gallery = jobs[idx[0]].gallery
+            queries = np.ascontiguousarray(np.stack([jobs[i].query for i in idx]), np.float32)
+            k = max(jobs[i].k for i in idx)
+            results = gallery.search_partitions(queries, k, [jobs[i].partition for i in idx])
+            for i, res in zip(idx, results, strict=True):
+                kk = jobs[i].k
+                out[i] = (
+                    res
+                    if len(res) <= kk
+                    else SearchResult(res.uids[:kk], res.scores[:kk], res.face_ids[:kk])
+                )
+        return out
+
+    def _digest(self, image: bytes) -> str:
+        return hmac.new(self._digest_key, image, hashlib.sha256).hexdigest()
+
+    # ------------------------------------------------------------------- enrol
+
+    def enroll(self, req: EnrollRequest, *, deadline: float | None = None) -> EnrollResult:
+        coll = self._collection(req.collection)
+        uid = checks.uid(req.uid)
+        images = checks.images(req.images)
+        metadata = checks.metadata(req.metadata)
+        phone = None
+        if req.phone_number is not None and req.phone_number != "":
+            phone = (
+                self._phones.number_hash(req.phone_number),
+                self._phones.bucket(req.phone_number),
+            )
+        gallery = self._gallery(coll)
+        faces = self._faces(images, deadline)
+        digests = [self._digest(img) for img in images]
+        with coll.lock:
+            with self._registry_lock:
+                if self._collections.get(coll.row.name) is not coll:
+                    raise UnknownCollection(f"collection {coll.row.name!r} was deleted")
+            existing = self._store.user_faces(coll.row.name, uid)
+            plan = plan_enrollment(
+                uid=uid,
+                embeddings=[f.embedding for f in faces],
+                digests=digests,
+                existing=existing,
+                gallery=gallery,
+                threshold=coll.row.threshold,
+                allow_duplicate=req.allow_duplicate,
+            )
+            user = self._store.get_user(coll.row.name, uid) if existing else None
+            had_phone = user is not None and user.phone_bucket is not None
+            nothing_to_do = existing and not plan.new_faces and not metadata and phone is None
+            if nothing_to_do:
+                created = False
+                new_ids: tuple[int, ...] = ()
+                renamed: dict[int, int] = {}
+            else:
+                outcome = self._store.enroll(
+                    coll.row.name,
+                    uid,
+                    [plan.new_face(j, faces[i].quality) for j, i in enumerate(plan.new_faces)],
+                    model_id=self._model_id,
+                    metadata=metadata if (metadata or not existing) else None,
+                    phone=phone,
+                )
+                # Add before removing: faces that moved bucket stay findable throughout.
+                add_rows(gallery, list(outcome.added))
+                if outcome.removed_face_ids:
+                    gallery.remove_faces(np.array(outcome.removed_face_ids, dtype=np.int64))
+                if phone is not None and not had_phone:
+                    coll.phone_users += 1
+                created, new_ids, renamed = outcome.created, outcome.new_face_ids, outcome.renamed
+            face_ids = plan.resolve(new_ids, renamed)
+        return EnrollResult(
+            uid=uid,
+            face_ids=face_ids,
+            qualities=tuple(f.quality for f in faces),
+            created=created,
+        )
+
+    # ---------------------------------------------------------------- identify
+
+    def identify(self, req: IdentifyRequest, *, deadline: float | None = None) -> IdentifyResult:
+        coll = self._collection(req.collection)
+        top_k = checks.top_k(req.top_k)
+        hint = req.hint if req.hint else None
+        bucket = self._phones.bucket_for_hint(hint) if hint is not None else None
+        gallery = self._gallery(coll)
+        policy = self._policy(coll.row)
+        if req.probe_token:
+            if req.image:
+                raise InvalidArgument(
+                    "send either image or probe_token, not both", metadata={"field": "image"}
+                )
+            if bucket is None:
+                raise InvalidArgument(
+                    "a probe_token is only for the retry with a hint; hint is missing",
+                    metadata={"field": "hint"},
+                )
+            probe = self._tokens.redeem(
+                req.probe_token,
+                collection=coll.row.name,
+                collection_id=coll.row.id,
+                model_id=self._model_id,
+            )
+            embedding, box = probe.embedding, probe.face
+        else:
+            face = self._faces([checks.image(req.image)], deadline)[0]
+            embedding, box = face.embedding, face.quality.box
+        if hint_required_by_size(policy, gallery.count_uids(), bucket is not None):
+            outcome = need_hint()
+        else:
+            result = self._search(gallery, embedding, max(top_k, 2), bucket, deadline)
+            outcome = decide(
+                result,
+                policy,
+                hinted=bucket is not None,
+                hints_available=coll.phone_users > 0,
+                top_k=top_k,
+            )
+        token = None
+        if outcome.decision is Decision.NEED_HINT:
+            token = self._tokens.issue(
+                Probe(coll.row.name, coll.row.id, self._model_id, embedding, box)
+            )
+        return IdentifyResult(
+            decision=outcome.decision,
+            uid=outcome.uid,
+            score=outcome.score,
+            candidates=outcome.candidates,
+            face=box,
+            threshold=policy.threshold,
+            probe_token=token,
+            probe_token_ttl_s=self._tokens.ttl_s if token is not None else 0.0,
+        )
+
+    def verify(self, req: VerifyRequest, *, deadline: float | None = None) -> VerifyResult:
+        coll = self._collection(req.collection)
+        uid = checks.uid(req.uid)
+        image = checks.image(req.image)
+        gallery = self._gallery(coll)
+        self._require_user(coll, uid)
+        face = self._faces([image], deadline)[0]
+        try:
+            vectors = gallery.vectors_of(gallery.faces_of(uid))
+        except UnknownId:
+            raise self._unknown_user(coll, uid) from None
+        score = float(np.max(vectors @ face.embedding))
+        return VerifyResult(
+            match=score >= coll.row.threshold,
+            score=score,
+            threshold=coll.row.threshold,
+            face=face.quality.box,
+        )
+
+    # ------------------------------------------------------------------- users
+
+    def delete_user(self, collection: str, uid: str) -> int:
+        coll = self._collection(collection)
+        uid = checks.uid(uid)
+        with coll.lock:
+            user = self._store.get_user(coll.row.name, uid)
+            face_ids = self._store.delete_user(coll.row.name, uid)  # UnknownUser if absent
+            if coll.gallery is not None:
+                coll.gallery.remove_faces(np.array(face_ids, dtype=np.int64))
+                coll.gallery.remove_uid(uid)  # belt and braces: nothing of it may remain
+            if user is not None and user.phone_bucket is not None:
+                coll.phone_users -= 1
+        return len(face_ids)
+
+    def get_user(self, collection: str, uid: str) -> UserInfo:
+        coll = self._collection(collection)
+        return _user_info(self._require_user(coll, checks.uid(uid)))
+
+    def list_users(
+        self, collection: str, *, page_size: int = 100, page_token: str = ""
+    ) -> UserPage:
+        coll = self._collection(collection)
+        size = checks.page_size(page_size)
+        after = checks.decode_page_token(page_token)
+        rows = self._store.list_users(coll.row.name, after_uid=after, limit=size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = checks.encode_page_token(rows[-1].uid) if more else ""
+        return UserPage(users=tuple(_user_info(r) for r in rows), next_page_token=token)
+
+    def _require_user(self, coll: _Collection, uid: str) -> UserRow:
+        user = self._store.get_user(coll.row.name, uid)
+        if user is None:
+            raise self._unknown_user(coll, uid)
+        return user
+
+    @staticmethod
+    def _unknown_user(coll: _Collection, uid: str) -> FacegateError:
+        return UnknownUser(
+            f"no user {uid!r} in collection {coll.row.name!r}",
+            metadata={"collection": coll.row.name, "uid": uid},
+        )
+
+    # --------------------------------------------------------------- operations
+
+    def stats(self) -> dict[str, int]:
+        with self._registry_lock:
+            colls = list(self._collections.values())
+        infos = [self._info(c) for c in colls]
+        return {
+            "collections": len(infos),
+            "users": sum(i.user_count for i in infos),
+            "faces": sum(i.face_count for i in infos),
+            "probe_tokens": len(self._tokens),
+            "embed_batches": self._embedder.batches_run,
+            "embed_items": self._embedder.items_run,
+            "search_batches": self._searcher.batches_run,
+            "search_items": self._searcher.items_run,
+        }
+
+    def snapshot_all(self) -> None:
+        """Write each gallery's snapshot atomically with the store sequence it includes,
+        then forget the change log it covers."""
+        directory = self._settings.snapshot_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._registry_lock:
+            colls = list(self._collections.values())
+        for coll in colls:
+            if coll.gallery is None:
+                continue
+            # Under the lock every committed change <= sequence is in the gallery; changes
+            # made while the file is written may be in it too, which replay tolerates.
+            with coll.lock:
+                sequence = self._store.sequence()
+            coll.gallery.snapshot(snapshot_path(directory, coll.row), sequence)
+            self._store.prune_changes(coll.row.id, sequence)
+        remove_orphan_snapshots(directory, self._store.list_collections())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._embedder.close()
+        self._searcher.close()
+        self._store.close()
+
+
+def _user_info(row: UserRow) -> UserInfo:
+    return UserInfo(
+        collection=row.collection,
+        uid=row.uid,
+        face_count=row.face_count,
+        has_phone=row.phone_bucket is not None,
+        metadata=dict(row.metadata),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

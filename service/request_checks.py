@@ -1,0 +1,126 @@
+"""Argument checks of the engine's requests: every bad value becomes ``InvalidArgument``
+naming the field, before any work is done."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+from service.domain import CollectionKind, CollectionSpec
+from service.errors import InvalidArgument
+
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_UID_CHARS = 128
+MAX_TOP_K = 100
+MAX_ENROLL_IMAGES = 10
+MAX_METADATA_KEYS = 32
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 1024
+MAX_PAGE_SIZE = 1000
+
+
+def _bad(field: str, message: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {message}", metadata={"field": field})
+
+
+def collection_name(name: object, field: str = "collection") -> str:
+    if not isinstance(name, str) or not COLLECTION_NAME.fullmatch(name):
+        raise _bad(field, f"must be 1-64 characters of A-Z a-z 0-9 _ . -, got {name!r}")
+    return name
+
+
+def uid(value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_UID_CHARS:
+        raise _bad("uid", f"must be 1-{MAX_UID_CHARS} characters")
+    if not value.isprintable():
+        raise _bad("uid", "must contain printable characters only")
+    return value
+
+
+def top_k(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
+        raise _bad("top_k", f"must be an integer in 1..{MAX_TOP_K}, got {value!r}")
+    return value
+
+
+def image(value: object, field: str = "image") -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview) or len(value) == 0:
+        raise _bad(field, "must be non-empty image bytes (JPEG, PNG or WebP)")
+    return bytes(value)
+
+
+def images(values: object) -> list[bytes]:
+    if isinstance(values, bytes | str) or not isinstance(values, Sequence):
+        raise _bad("images", "must be a list of images")
+    if not 1 <= len(values) <= MAX_ENROLL_IMAGES:
+        raise _bad("images", f"must hold 1-{MAX_ENROLL_IMAGES} images, got {len(values)}")
+    return [image(v, f"images[{i}]") for i, v in enumerate(values)]
+
+
+def metadata(values: object) -> dict[str, str]:
+    if not isinstance(values, Mapping):
+        raise _bad("metadata", "must be a map of strings")
+    if len(values) > MAX_METADATA_KEYS:
+        raise _bad("metadata", f"at most {MAX_METADATA_KEYS} entries")
+    out: dict[str, str] = {}
+    for k, v in values.items():
+        if not isinstance(k, str) or not 1 <= len(k) <= MAX_METADATA_KEY_CHARS:
+            raise _bad("metadata", f"keys must be 1-{MAX_METADATA_KEY_CHARS} characters")
+        if not isinstance(v, str) or len(v) > MAX_METADATA_VALUE_CHARS:
+            raise _bad(
+                "metadata",
+                f"value of {k!r} must be a string of at most {MAX_METADATA_VALUE_CHARS} characters",
+            )
+        out[k] = v
+    return out
+
+
+def collection_spec(spec: object) -> CollectionSpec:
+    if not isinstance(spec, CollectionSpec):
+        raise InvalidArgument("expected a CollectionSpec")
+    collection_name(spec.name, "name")
+    if not isinstance(spec.kind, CollectionKind):
+        raise _bad("kind", f"must be PAY or MEMBER, got {spec.kind!r}")
+    if spec.threshold is not None and not _finite_in(spec.threshold, -1.0, 1.0):
+        raise _bad("threshold", f"must be a cosine similarity in [-1, 1], got {spec.threshold!r}")
+    if spec.margin is not None and not _finite_in(spec.margin, 0.0, 1.0):
+        raise _bad("margin", f"must be in [0, 1], got {spec.margin!r}")
+    h = spec.hint_required_above
+    if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 0):
+        raise _bad("hint_required_above", f"must be an integer >= 0, got {h!r}")
+    return spec
+
+
+def _finite_in(x: object, lo: float, hi: float) -> bool:
+    return (
+        isinstance(x, int | float)
+        and not isinstance(x, bool)
+        and math.isfinite(x)
+        and lo <= x <= hi
+    )
+
+
+def page_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE_SIZE:
+        raise _bad("page_size", f"must be an integer in 1..{MAX_PAGE_SIZE}, got {value!r}")
+    return value
+
+
+def encode_page_token(last_uid: str) -> str:
+    return base64.urlsafe_b64encode(last_uid.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: object) -> str:
+    """The last uid of the previous page ("" = from the start)."""
+    if not isinstance(token, str):
+        raise _bad("page_token", "must be a string")
+    if not token:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        return uid(raw.decode())
+    except (binascii.Error, UnicodeDecodeError, ValueError, InvalidArgument):
+        raise _bad("page_token", "is not a token this service issued") from None

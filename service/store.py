@@ -1,0 +1,621 @@
+"""The durable source of truth: collections, users, faces and their templates, in SQLite.
+
+* WAL journal with ``synchronous=FULL``: a commit is on disk before the call returns, so an
+  acknowledged enrolment or deletion survives a crash or power loss.
+* One writer connection behind a lock (SQLite allows one writer anyway; the lock turns
+  "database is locked" retries into an orderly queue) and one reader connection per thread,
+  which WAL lets read concurrently with the writer.
+* ``changes`` is an append-only log (seq, collection id, add/remove, face id). An index
+  snapshot records the sequence it includes; on start the log after it is replayed.
+* Face ids come from ``AUTOINCREMENT`` and are never reused, so a face id always means the
+  same face and replaying the log can be a plain set reconciliation.
+
+All SQL of facegate lives in this module. Template bytes are produced and read only by
+``_encode_template`` / ``_decode_template`` (the one spot where encryption at rest goes).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import CollectionExists, UnknownCollection, UnknownUser
+from service.pipeline.types import FloatArray
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE collections (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    name                TEXT NOT NULL UNIQUE,
+    kind                TEXT NOT NULL,
+    threshold           REAL NOT NULL,
+    margin              REAL NOT NULL,
+    hint_required_above INTEGER NOT NULL,
+    model_id            TEXT NOT NULL,
+    created_at          REAL NOT NULL
+);
+CREATE TABLE users (
+    collection   TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    uid          TEXT NOT NULL,
+    metadata     TEXT NOT NULL DEFAULT '{}',
+    phone_hash   TEXT,
+    phone_bucket TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    PRIMARY KEY (collection, uid)
+) WITHOUT ROWID;
+CREATE TABLE faces (
+    face_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection    TEXT NOT NULL,
+    uid           TEXT NOT NULL,
+    model_id      TEXT NOT NULL,
+    template      BLOB NOT NULL,
+    image_digest  TEXT NOT NULL,
+    box_left      REAL NOT NULL,
+    box_top       REAL NOT NULL,
+    box_right     REAL NOT NULL,
+    box_bottom    REAL NOT NULL,
+    det_score     REAL NOT NULL,
+    inter_eye_px  REAL NOT NULL,
+    created_at    REAL NOT NULL,
+    FOREIGN KEY (collection, uid) REFERENCES users(collection, uid) ON DELETE CASCADE
+);
+CREATE INDEX faces_by_user ON faces(collection, uid);
+CREATE TABLE changes (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL,
+    op            TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+    face_id       INTEGER NOT NULL
+);
+CREATE INDEX changes_by_collection ON changes(collection_id, seq);
+"""
+
+
+class StoreVersionError(RuntimeError):
+    """The database was written by a newer facegate (or is not a facegate store)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRow:
+    id: int  # never reused: names a collection's snapshot and change log
+    name: str
+    kind: str
+    threshold: float
+    margin: float
+    hint_required_above: int
+    model_id: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    collection: str
+    uid: str
+    metadata: dict[str, str]
+    phone_hash: str | None
+    phone_bucket: str | None
+    created_at: float
+    updated_at: float
+    face_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewFace:
+    """One face to enrol, as the engine measured it."""
+
+    template: FloatArray  # (D,) float32, L2-normalised
+    image_digest: str  # keyed hash of the image bytes (idempotent re-enrolment)
+    box: tuple[float, float, float, float]
+    det_score: float
+    inter_eye_px: float
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRow:
+    face_id: int
+    uid: str
+    template: FloatArray
+    partition: str | None  # the user's phone bucket
+    image_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollOutcome:
+    created: bool
+    added: tuple[FaceRow, ...]  # faces to add to the index (new, or moved to a new bucket)
+    removed_face_ids: tuple[int, ...]  # faces to drop from the index (moved to new ids)
+    new_face_ids: tuple[int, ...]  # ids of the NewFace rows, in the order given
+    renamed: dict[int, int]  # old face id -> new face id of faces moved to a new bucket
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesSince:
+    added: tuple[int, ...]
+    removed: tuple[int, ...]
+
+
+def _encode_template(template: FloatArray) -> bytes:
+    return np.ascontiguousarray(template, dtype="<f4").tobytes()
+
+
+def _decode_template(blob: bytes) -> FloatArray:
+    if len(blob) % 4:
+        raise ValueError(f"stored template has {len(blob)} bytes, not a float32 vector")
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+class Store:
+    """SQLite store. Thread-safe; open once per process and share."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._closed = False
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._writer = self._connect()
+        self._migrate()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False:
+        # the writer is shared behind a lock and readers are closed from close().
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _migrate(self) -> None:
+        with self._write_lock:
+            version = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreVersionError(
+                    f"{self.path} has schema version {version}; this facegate knows up to "
+                    f"{SCHEMA_VERSION}"
+                )
+            if version == 0:
+                tables = self._writer.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                ).fetchone()[0]
+                if tables:
+                    raise StoreVersionError(f"{self.path} is not a facegate store")
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._writer.execute(statement)
+                    self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+
+    class _Tx:
+        """BEGIN IMMEDIATE ... COMMIT on the writer, holding the writer lock."""
+
+        def __init__(self, store: Store) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._write_lock.acquire()
+            if self.store._closed:
+                self.store._write_lock.release()
+                raise RuntimeError("store is closed")
+            self.store._writer.execute("BEGIN IMMEDIATE")
+            return self.store._writer
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            db = self.store._writer
+            try:
+                if exc_type is None:
+                    try:
+                        db.execute("COMMIT")
+                    except BaseException:
+                        # A failed COMMIT (disk full, I/O error) leaves the transaction open.
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+                elif db.in_transaction:
+                    db.execute("ROLLBACK")
+            finally:
+                self.store._write_lock.release()
+
+    def _tx(self) -> Store._Tx:
+        return Store._Tx(self)
+
+    def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._reader().execute(sql, params).fetchone()
+        return row
+
+    def _all(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        return self._reader().execute(sql, params).fetchall()
+
+    def _count(self, sql: str, collection: str) -> int:
+        row = self._one(sql, (collection,))
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # --------------------------------------------------------------- collections
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        kind: str,
+        threshold: float,
+        margin: float,
+        hint_required_above: int,
+        model_id: str,
+    ) -> CollectionRow:
+        now = time.time()
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT INTO collections (name, kind, threshold, margin, hint_required_above,"
+                    " model_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, kind, threshold, margin, hint_required_above, model_id, now),
+                )
+                cid = int(cur.lastrowid or 0)
+        except sqlite3.IntegrityError as exc:
+            raise CollectionExists(
+                f"collection {name!r} already exists", metadata={"collection": name}
+            ) from exc
+        return CollectionRow(cid, name, kind, threshold, margin, hint_required_above, model_id, now)
+
+    def delete_collection(self, name: str) -> int:
+        """Delete the collection with its users, faces and change log. Returns faces removed."""
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM collections WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise _unknown_collection(name)
+            faces = db.execute("SELECT count(*) FROM faces WHERE collection = ?", (name,))
+            n = int(faces.fetchone()[0])
+            db.execute("DELETE FROM faces WHERE collection = ?", (name,))
+            db.execute("DELETE FROM users WHERE collection = ?", (name,))
+            db.execute("DELETE FROM changes WHERE collection_id = ?", (row[0],))
+            db.execute("DELETE FROM collections WHERE id = ?", (row[0],))
+        return n
+
+    def get_collection(self, name: str) -> CollectionRow:
+        row = self._one(_COLLECTION_SELECT + " WHERE name = ?", (name,))
+        if row is None:
+            raise _unknown_collection(name)
+        return CollectionRow(*row)
+
+    def list_collections(self) -> list[CollectionRow]:
+        return [CollectionRow(*r) for r in self._all(_COLLECTION_SELECT + " ORDER BY name", ())]
+
+    def count_users(self, collection: str) -> int:
+        return self._count("SELECT count(*) FROM users WHERE collection = ?", collection)
+
+    def count_users_with_phone(self, collection: str) -> int:
+        return self._count(
+            "SELECT count(*) FROM users WHERE collection = ? AND phone_bucket IS NOT NULL",
+            collection,
+        )
+
+    def count_faces(self, collection: str) -> int:
+        return self._count("SELECT count(*) FROM faces WHERE collection = ?", collection)
+
+    # --------------------------------------------------------------------- users
+
+    def enroll(
+        self,
+        collection: str,
+        uid: str,
+        faces: Sequence[NewFace],
+        *,
+        model_id: str,
+        metadata: dict[str, str] | None,
+        phone: tuple[str, str] | None,
+    ) -> EnrollOutcome:
+        """Create or update the user and add its faces, in one durable transaction.
+
+        ``metadata`` None keeps the stored metadata; ``phone`` (hash, bucket) None keeps the
+        stored phone. A changed phone moves the user's existing faces to new face ids in the
+        new bucket (face ids never change meaning, so the index stays a set of ids).
+        """
+        now = time.time()
+        with self._tx() as db:
+            coll = db.execute("SELECT id FROM collections WHERE name = ?", (collection,)).fetchone()
+            if coll is None:
+                raise _unknown_collection(collection)
+            cid = int(coll[0])
+            user = db.execute(
+                "SELECT phone_hash, phone_bucket FROM users WHERE collection = ? AND uid = ?",
+                (collection, uid),
+            ).fetchone()
+            created = user is None
+            bucket: str | None
+            moved: list[FaceRow] = []
+            removed: list[int] = []
+            if created:
+                bucket = phone[1] if phone is not None else None
+                db.execute(
+                    "INSERT INTO users (collection, uid, metadata, phone_hash, phone_bucket,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        collection,
+                        uid,
+                        json.dumps(metadata or {}, sort_keys=True),
+                        phone[0] if phone is not None else None,
+                        bucket,
+                        now,
+                        now,
+                    ),
+                )
+            else:
+                bucket = user[1]
+                if metadata is not None:
+                    db.execute(
+                        "UPDATE users SET metadata = ? WHERE collection = ? AND uid = ?",
+                        (json.dumps(metadata, sort_keys=True), collection, uid),
+                    )
+                if phone is not None and phone[1] != bucket:
+                    bucket = phone[1]
+                    moved, removed = self._move_faces(db, cid, collection, uid, bucket)
+                if phone is not None:
+                    db.execute(
+                        "UPDATE users SET phone_hash = ?, phone_bucket = ?"
+                        " WHERE collection = ? AND uid = ?",
+                        (phone[0], phone[1], collection, uid),
+                    )
+                db.execute(
+                    "UPDATE users SET updated_at = ? WHERE collection = ? AND uid = ?",
+                    (now, collection, uid),
+                )
+            new_ids: list[int] = []
+            added = list(moved)
+            for face in faces:
+                fid = self._insert_face(
+                    db,
+                    cid=cid,
+                    collection=collection,
+                    uid=uid,
+                    model_id=model_id,
+                    face=face,
+                    now=now,
+                )
+                new_ids.append(fid)
+                added.append(FaceRow(fid, uid, face.template, bucket, face.image_digest))
+        renamed = {old: row.face_id for old, row in zip(removed, moved, strict=True)}
+        return EnrollOutcome(created, tuple(added), tuple(removed), tuple(new_ids), renamed)
+
+    def _insert_face(
+        self,
+        db: sqlite3.Connection,
+        *,
+        cid: int,
+        collection: str,
+        uid: str,
+        model_id: str,
+        face: NewFace,
+        now: float,
+    ) -> int:
+        cur = db.execute(
+            "INSERT INTO faces (collection, uid, model_id, template, image_digest, box_left,"
+            " box_top, box_right, box_bottom, det_score, inter_eye_px, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                collection,
+                uid,
+                model_id,
+                _encode_template(face.template),
+                face.image_digest,
+                *face.box,
+                face.det_score,
+                face.inter_eye_px,
+                now,
+            ),
+        )
+        fid = int(cur.lastrowid or 0)
+        db.execute(
+            "INSERT INTO changes (collection_id, op, face_id) VALUES (?, 'add', ?)", (cid, fid)
+        )
+        return fid
+
+    def _move_faces(
+        self, db: sqlite3.Connection, cid: int, collection: str, uid: str, bucket: str
+    ) -> tuple[list[FaceRow], list[int]]:
+        """Re-insert the user's faces under fresh ids (their bucket changes)."""
+        rows = db.execute(
+            "SELECT face_id, model_id, template, image_digest, box_left, box_top, box_right,"
+            " box_bottom, det_score, inter_eye_px, created_at FROM faces"
+            " WHERE collection = ? AND uid = ? ORDER BY face_id",
+            (collection, uid),
+        ).fetchall()
+        moved: list[FaceRow] = []
+        removed: list[int] = []
+        for r in rows:
+            template = _decode_template(r[2])
+            face = NewFace(template, r[3], (r[4], r[5], r[6], r[7]), r[8], r[9])
+            fid = self._insert_face(
+                db, cid=cid, collection=collection, uid=uid, model_id=r[1], face=face, now=r[10]
+            )
+            self._delete_face(db, cid, int(r[0]))
+            moved.append(FaceRow(fid, uid, template, bucket, r[3]))
+            removed.append(int(r[0]))
+        return moved, removed
+
+    def _delete_face(self, db: sqlite3.Connection, cid: int, face_id: int) -> None:
+        db.execute("DELETE FROM faces WHERE face_id = ?", (face_id,))
+        db.execute(
+            "INSERT INTO changes (collection_id, op, face_id) VALUES (?, 'remove', ?)",
+            (cid, face_id),
+        )
+
+    def delete_user(self, collection: str, uid: str) -> list[int]:
+        """Delete the user and its faces durably; returns the removed face ids."""
+        with self._tx() as db:
+            coll = db.execute("SELECT id FROM collections WHERE name = ?", (collection,)).fetchone()
+            if coll is None:
+                raise _unknown_collection(collection)
+            exists = db.execute(
+                "SELECT 1 FROM users WHERE collection = ? AND uid = ?", (collection, uid)
+            ).fetchone()
+            if exists is None:
+                raise _unknown_user(collection, uid)
+            ids = [
+                int(r[0])
+                for r in db.execute(
+                    "SELECT face_id FROM faces WHERE collection = ? AND uid = ? ORDER BY face_id",
+                    (collection, uid),
+                )
+            ]
+            for fid in ids:
+                self._delete_face(db, int(coll[0]), fid)
+            db.execute("DELETE FROM users WHERE collection = ? AND uid = ?", (collection, uid))
+        return ids
+
+    def get_user(self, collection: str, uid: str) -> UserRow | None:
+        row = self._one(_USER_SELECT + " WHERE u.collection = ? AND u.uid = ?", (collection, uid))
+        return None if row is None else _user_row(row)
+
+    def list_users(self, collection: str, *, after_uid: str, limit: int) -> list[UserRow]:
+        rows = self._all(
+            _USER_SELECT + " WHERE u.collection = ? AND u.uid > ? ORDER BY u.uid LIMIT ?",
+            (collection, after_uid, limit),
+        )
+        return [_user_row(r) for r in rows]
+
+    def user_faces(self, collection: str, uid: str) -> list[FaceRow]:
+        rows = self._all(
+            _FACE_SELECT + " WHERE f.collection = ? AND f.uid = ? ORDER BY f.face_id",
+            (collection, uid),
+        )
+        return [_face_row(r) for r in rows]
+
+    # ------------------------------------------------------- index restore support
+
+    def iter_faces(
+        self, collection: str, model_id: str, *, batch: int = 10_000
+    ) -> Iterator[list[FaceRow]]:
+        """Every face of the collection made by ``model_id``, in face-id order, in batches."""
+        last = 0
+        while True:
+            rows = self._all(
+                _FACE_SELECT + " WHERE f.collection = ? AND f.model_id = ? AND f.face_id > ?"
+                " ORDER BY f.face_id LIMIT ?",
+                (collection, model_id, last, batch),
+            )
+            if not rows:
+                return
+            yield [_face_row(r) for r in rows]
+            last = int(rows[-1][0])
+
+    def faces_by_id(self, face_ids: Sequence[int], model_id: str) -> list[FaceRow]:
+        """The faces among ``face_ids`` that still exist (and were made by ``model_id``)."""
+        out: list[FaceRow] = []
+        ids = sorted({int(f) for f in face_ids})
+        for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._all(
+                _FACE_SELECT + f" WHERE f.model_id = ? AND f.face_id IN ({marks})"
+                " ORDER BY f.face_id",
+                (model_id, *chunk),
+            )
+            out.extend(_face_row(r) for r in rows)
+        return out
+
+    def sequence(self) -> int:
+        """The newest change sequence ever committed (0 before the first change)."""
+        row = self._one("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", ())
+        return 0 if row is None else int(row[0])
+
+    def changes_since(self, collection_id: int, sequence: int) -> ChangesSince:
+        rows = self._all(
+            "SELECT op, face_id FROM changes WHERE collection_id = ? AND seq > ? ORDER BY seq",
+            (collection_id, sequence),
+        )
+        added = tuple(int(f) for op, f in rows if op == "add")
+        removed = tuple(int(f) for op, f in rows if op == "remove")
+        return ChangesSince(added, removed)
+
+    def prune_changes(self, collection_id: int, upto: int) -> int:
+        """Forget the log up to ``upto`` once a snapshot including it is safely on disk."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM changes WHERE collection_id = ? AND seq <= ?", (collection_id, upto)
+            )
+            return int(cur.rowcount)
+
+
+_COLLECTION_SELECT = (
+    "SELECT id, name, kind, threshold, margin, hint_required_above, model_id, created_at"
+    " FROM collections"
+)
+_FACE_SELECT = (
+    "SELECT f.face_id, f.uid, f.template, u.phone_bucket, f.image_digest FROM faces f"
+    " JOIN users u ON u.collection = f.collection AND u.uid = f.uid"
+)
+_USER_SELECT = (
+    "SELECT u.collection, u.uid, u.metadata, u.phone_hash, u.phone_bucket, u.created_at,"
+    " u.updated_at, (SELECT count(*) FROM faces f WHERE f.collection = u.collection"
+    " AND f.uid = u.uid) FROM users u"
+)
+
+
+def _face_row(r: tuple[Any, ...]) -> FaceRow:
+    return FaceRow(int(r[0]), str(r[1]), _decode_template(r[2]), r[3], str(r[4]))
+
+
+def _user_row(r: tuple[Any, ...]) -> UserRow:
+    meta = json.loads(str(r[2]))
+    return UserRow(
+        collection=str(r[0]),
+        uid=str(r[1]),
+        metadata={str(k): str(v) for k, v in meta.items()},
+        phone_hash=None if r[3] is None else str(r[3]),
+        phone_bucket=None if r[4] is None else str(r[4]),
+        created_at=float(r[5]),
+        updated_at=float(r[6]),
+        face_count=int(r[7]),
+    )
+
+
+def _unknown_collection(name: str) -> UnknownCollection:
+    return UnknownCollection(f"no collection named {name!r}", metadata={"collection": name})
+
+
+def _unknown_user(collection: str, uid: str) -> UnknownUser:
+    return UnknownUser(
+        f"no user {uid!r} in collection {collection!r}",
+        metadata={"collection": collection, "uid": uid},
+    )
