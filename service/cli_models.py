@@ -1,0 +1,113 @@
+"""``facegate models prepare|verify``: build and check the default model pack.
+
+``prepare`` converts the dlib models from the installed ``face_recognition_models``
+package (seconds; a no-op when a valid pack built from the same sources exists, unless
+``--force``). ``verify`` loads the pack and re-checks every file's sha256. Both print a
+short summary, or one JSON document with ``--json``. Exit status 0 on success, 1 with a
+one-line ``error: ...`` on stderr when the pack or its sources are missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.config import load_settings
+from service.errors import FacegateError, ModelPackError
+from service.models.pack import (
+    DEFAULT_PACK,
+    PackManifest,
+    load_pack,
+    prepare_default_pack,
+)
+
+
+def register(subparsers: Any) -> None:
+    models = subparsers.add_parser("models", help="prepare or verify the model pack")
+    sub = models.add_subparsers(dest="models_command", metavar="{prepare,verify}")
+    sub.required = True
+
+    prepare = sub.add_parser(
+        "prepare", help="convert the dlib models into the default pack (seconds)"
+    )
+    _common(prepare)
+    prepare.add_argument(
+        "--force", action="store_true", help="rebuild even when a valid pack exists"
+    )
+    prepare.set_defaults(func=run_prepare)
+
+    verify = sub.add_parser("verify", help="check the pack's files against its manifest")
+    _common(verify)
+    verify.add_argument("--name", default=DEFAULT_PACK, help="pack name (default: %(default)s)")
+    verify.set_defaults(func=run_verify)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--packs-dir", type=Path, default=None, help="model packs directory (default: settings)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _packs_dir(args: argparse.Namespace) -> Path:
+    if args.packs_dir is not None:
+        return Path(args.packs_dir)
+    return load_settings().packs_dir
+
+
+def _summary(pack_dir: Path, manifest: PackManifest) -> dict[str, Any]:
+    return {
+        "pack_dir": str(pack_dir),
+        "name": manifest.name,
+        "model_id": manifest.model_id,
+        "format_version": manifest.format_version,
+        "embedding_dim": manifest.embedder.get("embedding_dim"),
+        "cosine_default": manifest.thresholds.get("cosine_default"),
+        "files": {
+            role: {"path": f.path, "sha256": f.sha256, "bytes": f.bytes}
+            for role, f in manifest.files.items()
+        },
+        "created_by": manifest.created_by,
+    }
+
+
+def _print(summary: dict[str, Any], as_json: bool, verb: str) -> None:
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+        return
+    print(f"{verb} model pack {summary['name']} ({summary['model_id']}) at {summary['pack_dir']}")
+    print(f"  embedding_dim={summary['embedding_dim']} cosine_default={summary['cosine_default']}")
+    for role, f in summary["files"].items():
+        print(f"  {role:<10} {f['path']:<24} {f['bytes']:>10} bytes  sha256 {f['sha256'][:16]}…")
+
+
+def _fail(exc: FacegateError | OSError) -> int:
+    message = exc.message if isinstance(exc, FacegateError) else str(exc)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    try:
+        packs_dir = _packs_dir(args)
+        manifest = prepare_default_pack(packs_dir, force=args.force)
+    except (ModelPackError, FacegateError, OSError) as exc:
+        return _fail(exc)
+    summary = _summary(packs_dir / manifest.name, manifest)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    _print(summary, args.json, "prepared")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    try:
+        pack_dir, manifest = load_pack(_packs_dir(args), args.name)
+    except (ModelPackError, FacegateError, OSError) as exc:
+        return _fail(exc)
+    _print(_summary(pack_dir, manifest), args.json, "verified")
+    return 0
