@@ -47,7 +47,20 @@ def best_per_uid(
     if not valid.all():
         scores, rows = scores[valid], rows[valid]
     codes = row_uid[rows]
-    _, first = np.unique(codes, return_index=True)
-    first.sort()
-    first = first[:k]
+    if codes.shape[0] <= 512:
+        # Typical case (k * faces-per-UID candidates): a Python scan that stops
+        # at k beats np.unique's sort by ~10x per query.
+        seen: set[int] = set()
+        picked: list[int] = []
+        for i, c in enumerate(codes.tolist()):
+            if c not in seen:
+                seen.add(c)
+                picked.append(i)
+                if len(picked) == k:
+                    break
+        first = np.array(picked, dtype=np.int64)
+    else:
+        _, first = np.unique(codes, return_index=True)
+        first.sort()
+        first = first[:k]
     return codes[first], scores[first].astype(np.float32, copy=False), rows[first]
