@@ -366,8 +366,8 @@ def verify_request_to_proto(req: VerifyRequest) -> pb.VerifyRequest:
 
 
 def verify_request_from_proto(msg: pb.VerifyRequest) -> VerifyRequest:
-    # An empty image is passed on: the decoder refuses it as IMAGE_UNDECODABLE, the same
-    # answer as for Identify and Enroll (proto3 cannot tell "absent" from "empty" here).
+    # An empty image is passed on: the engine refuses it (INVALID_ARGUMENT) exactly as it
+    # does for Identify and Enroll, since proto3 cannot tell "absent" from "empty" here.
     return VerifyRequest(
         collection=_required(msg.collection, "collection"),
         uid=_required(msg.uid, "uid"),

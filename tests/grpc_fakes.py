@@ -2,7 +2,8 @@
 ``service.ports.FaceServicePort`` with plain dicts, so those tests exercise gRPC, conversion
 and error mapping, not the face pipeline (tests/test_e2e.py runs the real one).
 
-"Images" are byte strings the fake interprets: ``b""`` is undecodable, ``b"noface"`` has no
+"Images" are byte strings the fake interprets: ``b""`` is refused as a missing argument (as
+the real engine does), ``b"garbage"`` is undecodable, ``b"noface"`` has no
 face, ``b"two"`` has two faces, ``b"boom"`` makes the engine crash unexpectedly; any other
 bytes are "a face" identified by their content, so enrolling ``b"alice"`` and identifying
 ``b"alice"`` matches.
@@ -37,6 +38,7 @@ from service.domain import (
 from service.errors import (
     CollectionExists,
     ImageUndecodable,
+    InvalidArgument,
     MultipleFaces,
     NoFace,
     ProbeTokenInvalid,
@@ -94,7 +96,9 @@ class FakeFaceService:
     @staticmethod
     def _face(image: bytes) -> bytes:
         if image == b"":
-            raise ImageUndecodable("image is empty")
+            raise InvalidArgument("image: must be non-empty image bytes")
+        if image == b"garbage":
+            raise ImageUndecodable("not an image")
         if image == b"noface":
             raise NoFace("no face found")
         if image == b"two":

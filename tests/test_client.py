@@ -113,7 +113,7 @@ def test_errors_come_back_as_the_server_raised_them(
     assert two.value.metadata == {"faces": "2"}
     client.enroll(EnrollRequest(collection="shop", uid="u", images=(b"u",)))
     with pytest.raises(errors.ImageUndecodable):
-        client.verify(VerifyRequest(collection="shop", uid="u", image=b""))
+        client.verify(VerifyRequest(collection="shop", uid="u", image=b"garbage"))
     with pytest.raises(errors.InvalidArgument) as missing:
         client.identify(IdentifyRequest(collection="shop"))
     assert missing.value.metadata == {"field": "probe"}

@@ -227,7 +227,8 @@ def test_engine_errors_from_real_calls(stub: pb_grpc.FaceGateStub) -> None:
     err = _fails(stub.GetUser, pb.GetUserRequest(collection="shop", uid="ghost"))
     assert (_code(err), reason_of(err)) == (grpc.StatusCode.NOT_FOUND, "UNKNOWN_USER")
     for image, code, reason in [
-        (b"", grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_UNDECODABLE"),
+        (b"", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        (b"garbage", grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_UNDECODABLE"),
         (b"noface", grpc.StatusCode.FAILED_PRECONDITION, "NO_FACE"),
         (b"two", grpc.StatusCode.FAILED_PRECONDITION, "MULTIPLE_FACES"),
     ]:
