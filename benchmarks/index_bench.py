@@ -39,7 +39,7 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 K = 5
 BUCKETS = 10_000
-HNSW_M, HNSW_EFC, HNSW_EFS = 16, 48, 64
+HNSW_M, HNSW_EFC, HNSW_EFS = 32, 64, 128
 
 
 def log(msg: str) -> None:

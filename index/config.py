@@ -46,8 +46,8 @@ class IndexConfig:
     # this many faces; below it the exact scan is both faster and exact.
     min_accel_size: int = 10_000
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 128
     # 0 = choose from the size at training time (~4*sqrt(n)).
     ivf_nlist: int = 0
     ivf_nprobe: int = 16
