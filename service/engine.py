@@ -26,7 +26,6 @@ import numpy as np
 
 from index import Gallery, IndexConfig, SearchResult, UnknownId
 from service import request_checks as checks
-from service.batching import MicroBatcher
 from service.config import DecodeLimits, Settings
 from service.decisions import (
     Policy,
@@ -66,6 +65,7 @@ from service.pipeline.analyzer import FaceAnalyzer
 from service.pipeline.decode import decode_image
 from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
 from service.probe_tokens import Probe, ProbeTokens
+from service.shared_runs import SharedRuns
 from service.store import CollectionRow, Store, UserRow
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,6 @@ class _Collection:
 class _Face:
     embedding: FloatArray  # (D,)
     quality: FaceQuality
-
-
-@dataclass(frozen=True, slots=True)
-class _SearchJob:
-    gallery: Gallery
-    query: FloatArray  # (D,)
-    k: int
-    partition: str | None
 
 
 class FaceService:
@@ -123,17 +115,8 @@ class FaceService:
         self._collections: dict[str, _Collection] = {}
         for row in store.list_collections():
             self._collections[row.name] = self._load_collection(row, galleries.get(row.name))
-        self._embedder: MicroBatcher[UInt8Array, FloatArray] = MicroBatcher(
-            self._embed_batch,
-            window_ms=settings.batch_window_ms,
-            max_batch=settings.max_batch,
-            name="embed",
-        )
-        self._searcher: MicroBatcher[_SearchJob, SearchResult] = MicroBatcher(
-            self._search_batch,
-            window_ms=settings.batch_window_ms,
-            max_batch=settings.max_batch,
-            name="search",
+        self._runs = SharedRuns(
+            analyzer, window_ms=settings.batch_window_ms, max_batch=settings.max_batch
         )
         self._closed = False
 
@@ -263,18 +246,8 @@ class FaceService:
                     f"images[{i}]: {exc.message}", metadata={**exc.metadata, "image_index": str(i)}
                 ) from exc
             qualities.append(selected.quality)
-        vectors = self._embedder.submit_many(chips, self._remaining(deadline))
+        vectors = self._runs.embed(chips, self._remaining(deadline))
         return [_Face(v, q) for v, q in zip(vectors, qualities, strict=True)]
-
-    def _embed_batch(self, chips: list[UInt8Array]) -> list[FloatArray]:
-        out = np.asarray(self._analyzer.embed_chips(np.stack(chips)), dtype=np.float32)
-        if out.shape != (len(chips), self._dim) or not np.isfinite(out).all():
-            raise RuntimeError(f"embedder returned shape {out.shape} / non-finite values")
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        if (norms < 1e-6).any():
-            raise RuntimeError("embedder returned a zero vector")
-        out = np.ascontiguousarray(out / norms, dtype=np.float32)
-        return list(out)
 
     def _search(
         self,
@@ -284,27 +257,7 @@ class FaceService:
         partition: str | None,
         deadline: float | None,
     ) -> SearchResult:
-        job = _SearchJob(gallery, query, k, partition)
-        return self._searcher.submit(job, self._remaining(deadline))
-
-    def _search_batch(self, jobs: list[_SearchJob]) -> list[SearchResult]:
-        out: list[SearchResult] = [SearchResult()] * len(jobs)
-        groups: dict[int, list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault(id(job.gallery), []).append(i)
-        for idx in groups.values():
-            gallery = jobs[idx[0]].gallery
-            queries = np.ascontiguousarray(np.stack([jobs[i].query for i in idx]), np.float32)
-            k = max(jobs[i].k for i in idx)
-            results = gallery.search_partitions(queries, k, [jobs[i].partition for i in idx])
-            for i, res in zip(idx, results, strict=True):
-                kk = jobs[i].k
-                out[i] = (
-                    res
-                    if len(res) <= kk
-                    else SearchResult(res.uids[:kk], res.scores[:kk], res.face_ids[:kk])
-                )
-        return out
+        return self._runs.search(gallery, query, k, partition, self._remaining(deadline))
 
     def _digest(self, image: bytes) -> str:
         return hmac.new(self._digest_key, image, hashlib.sha256).hexdigest()
@@ -500,10 +453,7 @@ class FaceService:
             "users": sum(i.user_count for i in infos),
             "faces": sum(i.face_count for i in infos),
             "probe_tokens": len(self._tokens),
-            "embed_batches": self._embedder.batches_run,
-            "embed_items": self._embedder.items_run,
-            "search_batches": self._searcher.batches_run,
-            "search_items": self._searcher.items_run,
+            **self._runs.counters(),
         }
 
     def snapshot_all(self) -> None:
@@ -528,8 +478,7 @@ class FaceService:
         if self._closed:
             return
         self._closed = True
-        self._embedder.close()
-        self._searcher.close()
+        self._runs.close()
         self._store.close()
 
 

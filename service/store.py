@@ -1,27 +1,25 @@
 """The durable source of truth: collections, users, faces and their templates, in SQLite.
 
-* WAL journal with ``synchronous=FULL``: a commit is on disk before the call returns, so an
-  acknowledged enrolment or deletion survives a crash or power loss.
-* One writer connection behind a lock (SQLite allows one writer anyway; the lock turns
-  "database is locked" retries into an orderly queue) and one reader connection per thread,
-  which WAL lets read concurrently with the writer.
+* WAL journal with ``synchronous=FULL`` (see ``service.store_db``): a commit is on disk
+  before the call returns, so an acknowledged enrolment or deletion survives a crash or
+  power loss. One serialised writer; one reader connection per thread.
 * ``changes`` is an append-only log (seq, collection id, add/remove, face id). An index
   snapshot records the sequence it includes; on start the log after it is replayed.
 * Face ids come from ``AUTOINCREMENT`` and are never reused, so a face id always means the
   same face and replaying the log can be a plain set reconciliation.
 
-All SQL of facegate lives in this module. Template bytes are produced and read only by
-``_encode_template`` / ``_decode_template`` (the one spot where encryption at rest goes).
+All of facegate's schema and queries live here (connection PRAGMAs in ``store_db``).
+Template bytes are produced and read only by ``_encode_template`` / ``_decode_template``
+(the one spot where encryption at rest goes).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,27 @@ import numpy as np
 
 from service.errors import CollectionExists, UnknownCollection, UnknownUser
 from service.pipeline.types import FloatArray
+from service.store_db import SqliteDb, StoreVersionError
+from service.store_rows import (
+    ChangesSince,
+    CollectionRow,
+    EnrollOutcome,
+    FaceRow,
+    NewFace,
+    UserRow,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChangesSince",
+    "CollectionRow",
+    "EnrollOutcome",
+    "FaceRow",
+    "NewFace",
+    "Store",
+    "StoreVersionError",
+    "UserRow",
+]
 
 SCHEMA_VERSION = 1
 
@@ -80,69 +99,6 @@ CREATE INDEX changes_by_collection ON changes(collection_id, seq);
 """
 
 
-class StoreVersionError(RuntimeError):
-    """The database was written by a newer facegate (or is not a facegate store)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionRow:
-    id: int  # never reused: names a collection's snapshot and change log
-    name: str
-    kind: str
-    threshold: float
-    margin: float
-    hint_required_above: int
-    model_id: str
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class UserRow:
-    collection: str
-    uid: str
-    metadata: dict[str, str]
-    phone_hash: str | None
-    phone_bucket: str | None
-    created_at: float
-    updated_at: float
-    face_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class NewFace:
-    """One face to enrol, as the engine measured it."""
-
-    template: FloatArray  # (D,) float32, L2-normalised
-    image_digest: str  # keyed hash of the image bytes (idempotent re-enrolment)
-    box: tuple[float, float, float, float]
-    det_score: float
-    inter_eye_px: float
-
-
-@dataclass(frozen=True, slots=True)
-class FaceRow:
-    face_id: int
-    uid: str
-    template: FloatArray
-    partition: str | None  # the user's phone bucket
-    image_digest: str
-
-
-@dataclass(frozen=True, slots=True)
-class EnrollOutcome:
-    created: bool
-    added: tuple[FaceRow, ...]  # faces to add to the index (new, or moved to a new bucket)
-    removed_face_ids: tuple[int, ...]  # faces to drop from the index (moved to new ids)
-    new_face_ids: tuple[int, ...]  # ids of the NewFace rows, in the order given
-    renamed: dict[int, int]  # old face id -> new face id of faces moved to a new bucket
-
-
-@dataclass(frozen=True, slots=True)
-class ChangesSince:
-    added: tuple[int, ...]
-    removed: tuple[int, ...]
-
-
 def _encode_template(template: FloatArray) -> bytes:
     return np.ascontiguousarray(template, dtype="<f4").tobytes()
 
@@ -159,117 +115,28 @@ class Store:
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._busy_timeout_ms = busy_timeout_ms
-        self._closed = False
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        self._writer = self._connect()
-        self._migrate()
+        self._db = SqliteDb(self.path, busy_timeout_ms=busy_timeout_ms)
+        try:
+            self._db.migrate(_SCHEMA, SCHEMA_VERSION)
+        except BaseException:
+            self._db.close()
+            raise
 
-    # ------------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        self._db.close()
 
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False:
-        # the writer is shared behind a lock and readers are closed from close().
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    def _reader(self) -> sqlite3.Connection:
-        if self._closed:
-            raise RuntimeError("store is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        return conn
-
-    def _migrate(self) -> None:
-        with self._write_lock:
-            version = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise StoreVersionError(
-                    f"{self.path} has schema version {version}; this facegate knows up to "
-                    f"{SCHEMA_VERSION}"
-                )
-            if version == 0:
-                tables = self._writer.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-                ).fetchone()[0]
-                if tables:
-                    raise StoreVersionError(f"{self.path} is not a facegate store")
-                self._writer.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self._writer.execute(statement)
-                    self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    self._writer.execute("COMMIT")
-                except BaseException:
-                    self._writer.execute("ROLLBACK")
-                    raise
-
-    class _Tx:
-        """BEGIN IMMEDIATE ... COMMIT on the writer, holding the writer lock."""
-
-        def __init__(self, store: Store) -> None:
-            self.store = store
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.store._write_lock.acquire()
-            if self.store._closed:
-                self.store._write_lock.release()
-                raise RuntimeError("store is closed")
-            self.store._writer.execute("BEGIN IMMEDIATE")
-            return self.store._writer
-
-        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            db = self.store._writer
-            try:
-                if exc_type is None:
-                    try:
-                        db.execute("COMMIT")
-                    except BaseException:
-                        # A failed COMMIT (disk full, I/O error) leaves the transaction open.
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
-                        raise
-                elif db.in_transaction:
-                    db.execute("ROLLBACK")
-            finally:
-                self.store._write_lock.release()
-
-    def _tx(self) -> Store._Tx:
-        return Store._Tx(self)
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction()
 
     def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self._reader().execute(sql, params).fetchone()
-        return row
+        return self._db.one(sql, params)
 
     def _all(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        return self._reader().execute(sql, params).fetchall()
+        return self._db.all(sql, params)
 
     def _count(self, sql: str, collection: str) -> int:
         row = self._one(sql, (collection,))
         return 0 if row is None else int(row[0])
-
-    def close(self) -> None:
-        with self._write_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._writer.close()
-        with self._readers_lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
 
     # --------------------------------------------------------------- collections
 

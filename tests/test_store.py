@@ -52,7 +52,7 @@ def test_pragmas_and_schema_version(store: Store) -> None:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         db.close()
-    w = store._writer
+    w = store._db.writer
     assert w.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert w.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 

@@ -1,0 +1,66 @@
+"""Rows the store returns and takes: plain frozen values, no SQL (that is in service.store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.pipeline.types import FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRow:
+    id: int  # never reused: names a collection's snapshot and change log
+    name: str
+    kind: str
+    threshold: float
+    margin: float
+    hint_required_above: int
+    model_id: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    collection: str
+    uid: str
+    metadata: dict[str, str]
+    phone_hash: str | None
+    phone_bucket: str | None
+    created_at: float
+    updated_at: float
+    face_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewFace:
+    """One face to enrol, as the engine measured it."""
+
+    template: FloatArray  # (D,) float32, L2-normalised
+    image_digest: str  # keyed hash of the image bytes (idempotent re-enrolment)
+    box: tuple[float, float, float, float]
+    det_score: float
+    inter_eye_px: float
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRow:
+    face_id: int
+    uid: str
+    template: FloatArray
+    partition: str | None  # the user's phone bucket
+    image_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollOutcome:
+    created: bool
+    added: tuple[FaceRow, ...]  # faces to add to the index (new, or moved to a new bucket)
+    removed_face_ids: tuple[int, ...]  # faces to drop from the index (moved to new ids)
+    new_face_ids: tuple[int, ...]  # ids of the NewFace rows, in the order given
+    renamed: dict[int, int]  # old face id -> new face id of faces moved to a new bucket
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesSince:
+    added: tuple[int, ...]
+    removed: tuple[int, ...]
