@@ -112,6 +112,7 @@ class FaceService:
         self._digest_key = hmac.new(secret, b"facegate/image-digest", hashlib.sha256).digest()
         self._tokens = ProbeTokens(ttl_s=settings.probe_token_ttl_s, clock=clock)
         self._registry_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
         for row in store.list_collections():
             self._collections[row.name] = self._load_collection(row, galleries.get(row.name))
@@ -458,21 +459,22 @@ class FaceService:
 
     def snapshot_all(self) -> None:
         """Write each gallery's snapshot atomically with the store sequence it includes,
-        then forget the change log it covers."""
-        directory = self._settings.snapshot_dir
-        directory.mkdir(parents=True, exist_ok=True)
-        with self._registry_lock:
-            colls = list(self._collections.values())
-        for coll in colls:
-            if coll.gallery is None:
-                continue
-            # Under the lock every committed change <= sequence is in the gallery; changes
-            # made while the file is written may be in it too, which replay tolerates.
-            with coll.lock:
-                sequence = self._store.sequence()
-            coll.gallery.snapshot(snapshot_path(directory, coll.row), sequence)
-            self._store.prune_changes(coll.row.id, sequence)
-        remove_orphan_snapshots(directory, self._store.list_collections())
+        then forget the change log it covers. Concurrent calls run one after the other."""
+        with self._snapshot_lock:
+            directory = self._settings.snapshot_dir
+            directory.mkdir(parents=True, exist_ok=True)
+            with self._registry_lock:
+                colls = list(self._collections.values())
+            for coll in colls:
+                if coll.gallery is None:
+                    continue
+                # Under the lock every committed change <= sequence is in the gallery; changes
+                # made while the file is written may be in it too, which replay tolerates.
+                with coll.lock:
+                    sequence = self._store.sequence()
+                coll.gallery.snapshot(snapshot_path(directory, coll.row), sequence)
+                self._store.prune_changes(coll.row.id, sequence)
+            remove_orphan_snapshots(directory, self._store.list_collections())
 
     def close(self) -> None:
         if self._closed:

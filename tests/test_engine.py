@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fakes import FAKE_THRESHOLD, FakeAnalyzer, face_png, no_face_png
 
+from index import IndexConfig
 from service.app import build_service
 from service.config import Settings
 from service.decisions import PAY_THRESHOLD_OFFSET
@@ -37,7 +38,7 @@ from service.errors import (
     UnknownCollection,
     UnknownUser,
 )
-from service.gallery_restore import snapshot_path
+from service.gallery_restore import restore, snapshot_path
 from service.secrets_file import load_or_create_secret
 from service.store import Store
 
@@ -557,3 +558,34 @@ def test_concurrent_enroll_identify_delete_never_returns_a_deleted_user(
     finally:
         stop.set()
         svc.close()
+
+
+def test_replay_tolerates_a_snapshot_ahead_of_its_sequence(settings: Settings) -> None:
+    """A snapshot may include changes made after the sequence it records (it is written
+    without stopping writers); restoring must still end exactly at the store's state."""
+    svc = build_service(settings, analyzer=FakeAnalyzer())
+    svc.create_collection(CollectionSpec("shop"))
+    enroll(svc, "alice", ALICE, phone="5550001234")
+    enroll(svc, "bob", BOB)
+    svc.close()
+    store = Store(settings.store_path)
+    try:
+        row = store.get_collection("shop")
+        early = store.sequence()
+        gallery = restore(store, row, 64, settings.snapshot_dir, IndexConfig())
+        # Later changes: carol added, bob deleted, alice moved to a new bucket (new ids).
+        store.enroll("shop", "carol", [], model_id="fake-v1", metadata=None, phone=None)
+        removed = store.delete_user("shop", "bob")
+        gallery.remove_faces(np.array(removed, dtype=np.int64))  # the snapshot saw this one
+        moved = store.enroll(
+            "shop", "alice", [], model_id="fake-v1", metadata=None, phone=("h", "new-bucket")
+        )
+        path = snapshot_path(settings.snapshot_dir, row)
+        settings.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        gallery.snapshot(path, early)  # records the early sequence
+        restored = restore(store, row, 64, settings.snapshot_dir, IndexConfig())
+        assert restored.uids() == ["alice"]
+        assert sorted(restored.face_ids().tolist()) == sorted(moved.renamed.values())
+        assert restored.partition_of(next(iter(moved.renamed.values()))) == "new-bucket"
+    finally:
+        store.close()
