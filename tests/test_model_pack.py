@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service import cli_models
@@ -72,7 +73,7 @@ def test_prepared_pack_files_and_manifest(packs_dir: Path) -> None:
     assert emb["kind"] == "dlib_resnet" and emb["chip_size"] == 150
     assert emb["padding"] == 0.25 and emb["embedding_dim"] == 128
     assert emb["input"] == "uint8 RGB NHWC"
-    assert manifest.thresholds["cosine_default"] == pytest.approx(1 - 0.6**2 / 2)
+    assert manifest.thresholds["cosine_default"] == pytest.approx(0.917)
     assert "0.6" in manifest.notes["cosine_default"]
     assert dict(manifest.source) == EXPECTED_SOURCE_SHA256
     assert manifest.created_by.startswith("facegate")
@@ -206,3 +207,17 @@ def test_cli_verify_and_prepare(
     (packs / DEFAULT_PACK / PACK_FILES["detector"]).write_bytes(b"garbage")
     assert run_cli(["models", "verify", "--packs-dir", str(packs)]) == 1
     assert "mmod_detector.onnx (detector) is corrupt" in capsys.readouterr().err
+
+
+def test_default_threshold_reproduces_dlibs_rule(packs_dir: Path) -> None:
+    """Cosine >= cosine_default on normalised descriptors ⇔ dlib's raw Euclidean <= 0.6,
+    on every pair of the parity fixture's 25 faces (dlib's own descriptors)."""
+    threshold = load_pack(packs_dir)[1].thresholds["cosine_default"]
+    doc = json.loads((Path(__file__).parent / "fixtures" / "dlib_descriptors.json").read_text())
+    raw = np.asarray([f["descriptor"] for r in doc["images"] for f in r["faces"]], np.float64)
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    i, j = np.triu_indices(len(raw), 1)
+    dlib_same = np.linalg.norm(raw[i] - raw[j], axis=1) <= 0.6
+    ours_same = (unit[i] * unit[j]).sum(axis=1) >= threshold
+    assert dlib_same.sum() >= 5  # the fixture holds some same-person pairs
+    np.testing.assert_array_equal(ours_same, dlib_same)

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PACK = "dlib-default"
 MODEL_ID = "dlib-resnet-v1"
 # Bump when the converters' output changes: packs of another format are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ROLES = ("detector", "landmarks", "embedder")
 
@@ -86,16 +86,21 @@ CHIP_PADDING = 0.25
 MMOD_UPSAMPLE = 1  # face_recognition's default for the CNN detector
 
 # dlib's rule: same person when the Euclidean distance of raw descriptors is <= 0.6 (the
-# dist_thresh stored in the ResNet file). facegate compares L2-normalised vectors by cosine;
-# for unit vectors ||a-b||^2 = 2 - 2cos, so d <= 0.6 ⇔ cos >= 1 - 0.6^2/2 = 0.82. dlib's raw
-# descriptors have norms close to, but not exactly, 1, so this is an approximation that
-# issue 5's calibration on labelled pairs replaces.
+# dist_thresh stored in the ResNet file). facegate compares L2-normalised vectors by cosine.
+# For vectors of equal norm r, ||a-b||^2 = 2r^2(1 - cos), so d <= 0.6 ⇔ cos >= 1 - d^2/(2r^2).
+# dlib's raw descriptors are NOT unit length: on the 25 faces of the parity fixture
+# (tests/fixtures/dlib_descriptors.json) their norms are 1.385–1.631, median 1.476. With
+# r = 1.476 the threshold is 0.917, which reproduces dlib's decision on all 300 fixture
+# pairs; the unit-norm formula 1 - 0.6^2/2 = 0.82 would accept 220 of them (mostly
+# strangers). Issue 5's calibration on labelled pairs replaces this derivation.
 DLIB_EUCLIDEAN_THRESHOLD = 0.6
-COSINE_DEFAULT = round(1.0 - DLIB_EUCLIDEAN_THRESHOLD**2 / 2.0, 6)  # 0.82
+DLIB_DESCRIPTOR_NORM = 1.476
+COSINE_DEFAULT = round(1.0 - DLIB_EUCLIDEAN_THRESHOLD**2 / (2.0 * DLIB_DESCRIPTOR_NORM**2), 3)
 THRESHOLD_NOTE = (
-    "cosine_default = 1 - d^2/2 with d = 0.6, dlib's Euclidean same-person threshold "
-    "(the loss_metric dist_thresh in the ResNet file), via ||a-b||^2 = 2 - 2cos for unit "
-    "vectors; uncalibrated"
+    "cosine_default = 1 - d^2/(2 r^2) with d = 0.6, dlib's Euclidean same-person threshold "
+    "(the loss_metric dist_thresh in the ResNet file), and r = 1.476, the median norm of "
+    "dlib's raw descriptors on the parity-fixture faces (for equal norms ||a-b||^2 = "
+    "2 r^2 (1 - cos)); uncalibrated"
 )
 
 _HEX = frozenset("0123456789abcdef")
@@ -362,7 +367,11 @@ def _convert(sources: Mapping[str, bytes], out_dir: Path) -> PackManifest:
             }
         ),
         thresholds=_frozen(
-            {"cosine_default": COSINE_DEFAULT, "dlib_euclidean": DLIB_EUCLIDEAN_THRESHOLD}
+            {
+                "cosine_default": COSINE_DEFAULT,
+                "dlib_euclidean": DLIB_EUCLIDEAN_THRESHOLD,
+                "dlib_descriptor_norm": DLIB_DESCRIPTOR_NORM,
+            }
         ),
         source=_frozen({SOURCE_FILES[r]: EXPECTED_SOURCE_SHA256[SOURCE_FILES[r]] for r in ROLES}),
         created_by=_facegate_version(),
