@@ -214,49 +214,48 @@ def _resize_into(src: FloatArray, out: FloatArray | UInt8Array) -> None:
     lr64 = p.tail_x - p.tail_left
     lr32 = lr64.astype(np.float32)
     inv_lr32 = np.float32(1) - lr32
+    # Every output column reads source columns (left, right): the SIMD lanes' (lo, lo+1),
+    # then the scalar tail's. Gathering columns is the expensive step, so each band gathers
+    # them once from the source rows it spans and then picks whole rows (cheap copies) for
+    # the top and bottom neighbours — fewer gathers than output pixels, 4x fewer upsampling.
+    cols_left = np.concatenate([s.lo, p.tail_left])
+    cols_right = np.concatenate([s.hi, p.tail_right])
     # Work through the output a band of rows at a time so the temporaries stay in cache.
     band = max(4, _BAND_ELEMENTS // max(c * in_w, 1))
     for r0 in range(0, out_h, band):
         r1 = min(r0 + band, out_h)
-        rows_top = src.take(p.top[r0:r1], axis=1)
-        rows_bot = src.take(p.bottom[r0:r1], axis=1)
+        first, last = int(p.top[r0]), int(p.bottom[r1 - 1])
+        block = np.ascontiguousarray(src[:, first : last + 1])  # take() wants it contiguous
+        left = block.take(cols_left, axis=2)
+        right = block.take(cols_right, axis=2)
+        top = p.top[r0:r1] - first
+        bottom = p.bottom[r0:r1] - first
+        tl, tr = left.take(top, axis=1), right.take(top, axis=1)
+        bl, br = left.take(bottom, axis=1), right.take(bottom, axis=1)
         if n:
             # out = tl·(1-tb)(1-lr) + tr·(1-tb)lr + bl·tb(1-lr) + br·tb·lr with every weight a
             # float32 product and the sum taken left to right in float32, as the SIMD lanes do.
             itb = inv_tb32[r0:r1, None]
             tb = tb32[r0:r1, None]
-            acc = rows_top.take(s.lo, axis=2)
-            acc *= itb * s.w_lo
-            tmp = rows_top.take(s.hi, axis=2)
-            tmp *= itb * s.w_hi
-            acc += tmp
-            rows_bot.take(s.lo, axis=2, out=tmp)
-            tmp *= tb * s.w_lo
-            acc += tmp
-            rows_bot.take(s.hi, axis=2, out=tmp)
-            tmp *= tb * s.w_hi
-            acc += tmp
+            acc = tl[:, :, :n] * (itb * s.w_lo)
+            acc += tr[:, :, :n] * (itb * s.w_hi)
+            acc += bl[:, :, :n] * (tb * s.w_lo)
+            acc += br[:, :, :n] * (tb * s.w_hi)
             out[:, r0:r1, :n] = acc.astype(np.int32) if to_uint8 else acc
         if n < out_w:
             tb64 = p.tb_frac[r0:r1, None]
+            t_l, t_r, b_l, b_r = tl[:, :, n:], tr[:, :, n:], bl[:, :, n:], br[:, :, n:]
             if to_uint8:
                 # The rgb scalar tail computes everything in double, then truncates.
-                t_l = rows_top.take(p.tail_left, axis=2).astype(np.float64)
-                t_r = rows_top.take(p.tail_right, axis=2).astype(np.float64)
-                b_l = rows_bot.take(p.tail_left, axis=2).astype(np.float64)
-                b_r = rows_bot.take(p.tail_right, axis=2).astype(np.float64)
                 mixed = (1.0 - tb64) * ((1.0 - lr64) * t_l + lr64 * t_r) + tb64 * (
                     (1.0 - lr64) * b_l + lr64 * b_r
                 )
                 out[:, r0:r1, n:] = mixed.astype(np.int32)
             else:
                 # The float scalar tail mixes each row in float32 and the two rows in double.
-                h_top = inv_lr32 * rows_top.take(p.tail_left, axis=2)
-                h_top += lr32 * rows_top.take(p.tail_right, axis=2)
-                h_bot = inv_lr32 * rows_bot.take(p.tail_left, axis=2)
-                h_bot += lr32 * rows_bot.take(p.tail_right, axis=2)
-                mixed = (1.0 - tb64) * h_top.astype(np.float64) + tb64 * h_bot.astype(np.float64)
-                out[:, r0:r1, n:] = mixed
+                h_top = (inv_lr32 * t_l + lr32 * t_r).astype(np.float64)
+                h_bot = (inv_lr32 * b_l + lr32 * b_r).astype(np.float64)
+                out[:, r0:r1, n:] = (1.0 - tb64) * h_top + tb64 * h_bot
 
 
 def resize_bilinear_f32(src: FloatArray, out_h: int, out_w: int) -> FloatArray:
