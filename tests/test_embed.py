@@ -49,7 +49,9 @@ def real_chips() -> np.ndarray:
         astro[0:512, 0:512],
         astro[250:450, 200:400],
     ]
-    chips = [np.asarray(Image.fromarray(c).resize((150, 150), Image.Resampling.BILINEAR)) for c in crops]
+    chips = [
+        np.asarray(Image.fromarray(c).resize((150, 150), Image.Resampling.BILINEAR)) for c in crops
+    ]
     chips += [chips[0][:, ::-1], chips[3][::-1]]
     return np.ascontiguousarray(np.stack(chips))
 
