@@ -46,18 +46,6 @@ pytest.importorskip(
 
 READY_TIMEOUT_S = 300.0
 
-# The default pack's thresholds (cosine 0.82 member / 0.86 pay, service/models/pack.py) assume
-# dlib's raw descriptors have norm ~1, but they have norm ~1.4 (median 1.415 over 30 LFW
-# photos), so dlib's d <= 0.6 corresponds to cosine ~0.91 on normalised vectors. Measured:
-# grace_hopper vs the astronaut (different people; dlib distance 0.688) score 0.895, a MATCH
-# in a PAY collection and a DuplicateFace on enrolment. These tests pass with threshold 0.93;
-# strict, so they report XPASS (a failure) once the calibration is fixed: remove the mark then.
-UNCALIBRATED = pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, errors.DuplicateFace),
-    reason="default pack thresholds uncalibrated: different people score above 0.86",
-)
-
 
 def _settings(data_dir: Path, packs_dir: Path) -> Settings:
     # environ={} keeps the developer's FACEGATE_* variables out of the test.
@@ -143,7 +131,6 @@ def _lfw_people(n_people: int) -> list[list[bytes]]:
 # ---------------------------------------------------------------- the main flow
 
 
-@UNCALIBRATED
 def test_enroll_identify_verify_delete_and_restart(
     tmp_path: Path, packs_dir: Path, grace_hopper_jpeg: bytes, astronaut_jpeg: bytes
 ) -> None:
@@ -333,7 +320,6 @@ def test_stale_probe_token(live: FaceGateClient) -> None:
         live.identify(IdentifyRequest(collection="shop", probe_token="not-a-token", hint="1234"))
 
 
-@UNCALIBRATED
 def test_need_hint_then_retry_with_hint_and_probe_token(
     live: FaceGateClient, grace_hopper_jpeg: bytes
 ) -> None:
@@ -356,7 +342,6 @@ def test_need_hint_then_retry_with_hint_and_probe_token(
     assert wrong_hint.decision is not Decision.MATCH or wrong_hint.uid != "grace"
 
 
-@UNCALIBRATED
 def test_other_people_from_lfw(live: FaceGateClient) -> None:
     people = _lfw_people(4)
     live.create_collection(CollectionSpec(name="lfw"))
