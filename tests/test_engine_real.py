@@ -148,17 +148,28 @@ def test_concurrent_enrol_identify_delete(svc: FaceService, photos: dict[str, by
     lock = threading.Lock()
     done = threading.Event()
 
+    def let_probes_run(n: int = 2) -> None:
+        """Wait until n more grace probes have completed, so both states get observed."""
+        with lock:
+            target = len(seen) + n
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not errors:
+            with lock:
+                if len(seen) >= target:
+                    return
+            time.sleep(0.01)
+
     def cycler() -> None:
         try:
-            for _ in range(4):
+            for _ in range(3):
                 with lock:
                     events.append(("enrol-start", time.monotonic()))
                 svc.enroll(EnrollRequest("shop", "grace", [photos["grace"]]))
-                time.sleep(0.2)
+                let_probes_run()
                 svc.delete_user("shop", "grace")
                 with lock:
                     events.append(("delete-ack", time.monotonic()))
-                time.sleep(0.2)
+                let_probes_run()
         except BaseException as exc:
             errors.append(exc)
         finally:
