@@ -21,7 +21,7 @@ from PIL import Image
 from service.errors import InvalidArgument, ModelPackError
 from service.models.dlib_dnn import parse_dnn
 from service.models.mmod_onnx import build_mmod_onnx
-from service.pipeline.detect import MmodDetector
+from service.pipeline.detect import MmodDetector, lround, overlaps
 from service.pipeline.types import Detections
 from tests.conftest import SHARED_FACES, astronaut_rgb, grace_hopper_path, require_shared_faces
 
@@ -146,3 +146,20 @@ def test_a_model_without_mmod_metadata_is_refused(tmp_path: Path) -> None:
         MmodDetector(path)
     with pytest.raises(ModelPackError, match="cannot load"):
         MmodDetector(tmp_path / "missing.onnx")
+
+
+def test_nms_overlap_divides_by_the_bounding_box_not_the_union() -> None:
+    iou = 0.3382761351109955
+    a, b = (0, 0, 19, 19), (5, 6, 24, 25)
+    # inner 15·14 = 210; true IoU 210/590 = 0.356 would suppress, dlib's 210/(25·26) = 0.323
+    # does not.
+    assert not overlaps(a, b, iou, 1.0)
+    assert overlaps(a, (5, 5, 24, 24), iou, 1.0)  # 225/625 = 0.36
+    assert not overlaps(a, (20, 0, 39, 19), iou, 1.0)  # touching edges share no pixel
+    assert overlaps(a, (2, 2, 5, 5), iou, 0.99)  # covers all of the small box
+    assert not overlaps(a, (2, 2, 5, 5), iou, 1.0)
+
+
+def test_lround_rounds_halves_away_from_zero() -> None:
+    values = np.array([-2.5, -1.5, -0.5, -0.4, 0.4, 0.5, 1.5, 2.5, 3.2, -3.7])
+    assert lround(values).tolist() == [-3, -2, -1, 0, 0, 1, 2, 3, 3, -4]
