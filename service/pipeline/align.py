@@ -410,7 +410,7 @@ def pyramid_down2(img: UInt8Array) -> UInt8Array:
         return np.zeros((0, 0, 3), np.uint8)
     nc = (w - 3) // 2
     nr = (h - 3) // 2
-    s = img.astype(np.int32)
+    s = img.astype(np.uint16)  # 16·16·255 = 65280 fits, as in dlib's uint16 accumulators
     e = 2 * nc
     tmp = s[:, 0:e:2] + 4 * s[:, 1 : e + 1 : 2] + 6 * s[:, 2 : e + 2 : 2]
     tmp += 4 * s[:, 3 : e + 3 : 2] + s[:, 4 : e + 4 : 2]
@@ -436,18 +436,21 @@ def _sample_bilinear(
     top = fy.astype(np.int64)
     ok = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
     out = np.zeros((rows * cols, 3), np.uint8)
-    if not np.any(ok):
+    if ok.all():
+        idx: slice | npt.NDArray[np.intp] = slice(None)
+    elif ok.any():
+        idx = np.nonzero(ok)[0]
+    else:
         return out.reshape(rows, cols, 3)
-    idx = np.nonzero(ok)[0]
-    li = left[idx]
-    ti = top[idx]
     lr = (x[idx] - fx[idx])[:, None]
     tb = (y[idx] - fy[idx])[:, None]
-    src = img.astype(np.float64)
-    tl = src[ti, li]
-    tr = src[ti, li + 1]
-    bl = src[ti + 1, li]
-    br = src[ti + 1, li + 1]
+    # Gather the four neighbours as uint8 through flat indices, then widen only those.
+    flat = np.ascontiguousarray(img).reshape(h * w, 3)
+    at = top[idx] * w + left[idx]
+    tl = flat.take(at, axis=0).astype(np.float64)
+    tr = flat.take(at + 1, axis=0).astype(np.float64)
+    bl = flat.take(at + w, axis=0).astype(np.float64)
+    br = flat.take(at + (w + 1), axis=0).astype(np.float64)
     one_lr = 1 - lr
     val = (1 - tb) * (one_lr * tl + lr * tr) + tb * (one_lr * bl + lr * br)
     out[idx] = val.astype(np.uint8)  # static_cast<unsigned char>: truncation
