@@ -47,8 +47,10 @@ MINIFASNET_V1SE_SCALE = 4.0
 MINIFASNET_V2_SHA256 = "4eed38f0bde33c9b805942a5f25e42ce1161e2bda545254be622be957727794e"
 MINIFASNET_V1SE_SHA256 = "d819a69bac6b9ade2a0f4d9b60b618e1260f7bf3ba1fddff6c5d82131cb1083f"
 
-# Fused real-probability below which a face is rejected. Measured (tests/test_liveness.py,
-# dlib MMOD boxes): attacks ≤ 0.13, the live sample and genuine photos ≥ 0.6.
+# Fused real-probability below which a face is rejected: 0.5, "real" more likely than not.
+# Measured with the default analyzer's MMOD boxes (tests/test_liveness.py): attacks
+# image_F1 0.172 and image_F2 0.004, the live image_T1 0.999; 62 genuine deepface web photos
+# median 0.983, 54 of 62 at or above 0.5 (lowest 0.039); 40 LFW photos median 0.995, 37 of 40.
 DEFAULT_THRESHOLD = 0.5
 
 REAL_CLASS = 1
