@@ -83,10 +83,12 @@ def facegate_embedder(packs_dir: Path | None) -> tuple[Embedder, float]:
         if i is None:
             return None
         one = LocatedFaces(
-            boxes=faces.boxes[i : i + 1], scores=faces.scores[i : i + 1],
+            boxes=faces.boxes[i : i + 1],
+            scores=faces.scores[i : i + 1],
             landmarks=faces.landmarks[i : i + 1],
         )
-        return analyzer.embed_chips(analyzer.align(image, one))[0]
+        vector: np.ndarray = analyzer.embed_chips(analyzer.align(image, one))[0]
+        return vector
 
     return embed, analyzer.default_threshold
 
@@ -211,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pairs = same + diff
     missing = [p for p in pairs for q in (p.a, p.b) if not q.is_file()]
     if missing:
-        print(f"error: {len(missing)} pair images are missing, e.g. {missing[0].a}", file=sys.stderr)
+        print(f"error: {len(missing)} pair images missing, e.g. {missing[0].a}", file=sys.stderr)
         return 1
     embed, threshold = facegate_embedder(args.packs_dir)
     results = [evaluate(pairs, embed, threshold, "facegate")]

@@ -25,6 +25,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON object per line per image")
     p.add_argument("--packs-dir", type=Path, default=None, help="model packs directory")
+    p.add_argument(
+        "--upsample",
+        type=int,
+        default=None,
+        help="detector upsampling: -1 automatic (the service default), 0, 1 (dlib's default) or 2",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,7 +54,7 @@ def _face_records(analyzer: Any, data: bytes, settings: Any) -> list[dict[str, A
 def run(args: argparse.Namespace) -> int:
     from service.pipeline.dlib_analyzer import build_default_analyzer
 
-    settings = load_settings(model_dir=args.packs_dir)
+    settings = load_settings(model_dir=args.packs_dir, detector_upsample=args.upsample)
     try:
         analyzer = build_default_analyzer(settings)
     except FacegateError as exc:
@@ -72,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: {len(faces)} face(s)")
             for i, face in enumerate(faces):
-                l, t, r, b = (int(v) for v in face["box"])
-                print(f"  #{i}: box=({l},{t},{r},{b}) score={face['score']:.3f}")
+                box = ",".join(str(int(v)) for v in face["box"])
+                print(f"  #{i}: box=({box}) score={face['score']:.3f}")
     return status

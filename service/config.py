@@ -38,6 +38,11 @@ class Settings:
     model_pack: str = "dlib-default"
     # Threads per ONNX session; the server runs several sessions' calls concurrently.
     model_threads: int = 1
+    # Detector upsampling: -1 = automatic (once for frames whose shorter side is < 480 px,
+    # never for larger ones), 0/1/2 = fixed. Each step finds 2× smaller faces at ~4× the cost.
+    detector_upsample: int = -1
+    # Photos with a longer side above this are shrunk for detection only; 0 = never.
+    detect_max_side: int = 1280
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 64
     worker_threads: int = 16

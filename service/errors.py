@@ -9,7 +9,7 @@ status codes in exactly one place (``service.grpc_errors``) and attaches ``reaso
     │   ├── InvalidArgument              reason INVALID_ARGUMENT
     │   ├── ImageUndecodable             reason IMAGE_UNDECODABLE
     │   └── ImageTooLarge                reason IMAGE_TOO_LARGE
-    ├── FaceRejected                     FAILED_PRECONDITION (the photo, not the request, is the problem)
+    ├── FaceRejected                     FAILED_PRECONDITION (the photo is the problem)
     │   ├── NoFace                       reason NO_FACE
     │   ├── MultipleFaces                reason MULTIPLE_FACES
     │   ├── LowQuality                   reason LOW_QUALITY
@@ -21,7 +21,7 @@ status codes in exactly one place (``service.grpc_errors``) and attaches ``reaso
     │   ├── CollectionExists             reason COLLECTION_EXISTS
     │   ├── DuplicateFace                reason DUPLICATE_FACE
     │   └── ModelMismatch                reason MODEL_MISMATCH
-    ├── ProbeTokenInvalid                reason PROBE_TOKEN_INVALID (expired, unknown, wrong collection)
+    ├── ProbeTokenInvalid                reason PROBE_TOKEN_INVALID (expired/unknown)
     ├── Overloaded                       RESOURCE_EXHAUSTED, reason OVERLOADED
     └── ModelPackError                   FAILED_PRECONDITION, reason MODEL_PACK_INVALID
 """

@@ -42,7 +42,7 @@ def grace_hopper_path() -> Path:
 def astronaut_rgb() -> np.ndarray:
     from skimage import data
 
-    return np.ascontiguousarray(data.astronaut()[:, :, :3])
+    return np.ascontiguousarray(data.astronaut()[:, :, :3])  # type: ignore[no-untyped-call]
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:

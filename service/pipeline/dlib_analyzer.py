@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from service.config import Settings
 from service.models.pack import PackManifest, ensure_default_pack
@@ -18,13 +19,43 @@ from service.pipeline.align import extract_chips
 from service.pipeline.detect import MmodDetector
 from service.pipeline.embed import Embedder
 from service.pipeline.landmarks import ShapePredictor
-from service.pipeline.types import DecodedImage, FloatArray, LocatedFaces, UInt8Array
+from service.pipeline.types import DecodedImage, Detections, FloatArray, LocatedFaces, UInt8Array
 
 
 def order_largest_first(boxes: FloatArray) -> np.ndarray:
     """Indices that sort boxes by area, largest first (ties keep detector order)."""
     areas = (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
     return np.argsort(-areas, kind="stable")
+
+
+# "auto" upsampling: frames whose shorter side is below this are small or far-away shots, so
+# the detector looks at them at double size (faces from ~40 px); larger frames from a
+# counter-top camera hold faces well above the MMOD window's ~80 px, and skipping the
+# upsample makes detection ~4× cheaper (measured 145 vs 543 ms on a 640×480 frame).
+AUTO_UPSAMPLE_BELOW_PX = 480
+
+
+def choose_upsample(policy: int, height: int, width: int) -> int:
+    """The detector's upsample count for one image; policy < 0 means automatic."""
+    if policy >= 0:
+        return policy
+    return 1 if min(height, width) < AUTO_UPSAMPLE_BELOW_PX else 0
+
+
+def detection_view(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The image the detector runs on, and the factor from its pixels back to ``rgb``'s.
+
+    Detection cost grows with the pixel count, so a large photo is shrunk to ``max_side``
+    first (bounding the CPU one request can take); landmarks and the chip still come from
+    the full-resolution image.
+    """
+    h, w = rgb.shape[:2]
+    if max_side <= 0 or max(h, w) <= max_side:
+        return rgb, 1.0
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    return np.ascontiguousarray(small), w / size[0]
 
 
 def l2_normalise(vectors: FloatArray) -> FloatArray:
@@ -42,11 +73,25 @@ class DlibAnalyzer:
     detector: MmodDetector
     landmarker: ShapePredictor
     embedder: Embedder
+    # < 0: automatic (see choose_upsample); >= 0: always that many doublings.
+    upsample: int = -1
+    # Larger images are shrunk to this longer side for detection; 0 = never.
+    detect_max_side: int = 1280
 
     @classmethod
-    def from_pack(cls, pack_dir: Path, manifest: PackManifest, *, threads: int = 1) -> DlibAnalyzer:
+    def from_pack(
+        cls,
+        pack_dir: Path,
+        manifest: PackManifest,
+        *,
+        threads: int = 1,
+        upsample: int = -1,
+        detect_max_side: int = 1280,
+    ) -> DlibAnalyzer:
         files = manifest.files
         return cls(
+            upsample=upsample,
+            detect_max_side=detect_max_side,
             manifest=manifest,
             detector=MmodDetector(
                 pack_dir / files["detector"].path,
@@ -78,7 +123,15 @@ class DlibAnalyzer:
         return float(self.manifest.embedder["padding"])
 
     def locate(self, image: DecodedImage) -> LocatedFaces:
-        found = self.detector.detect(image.rgb)
+        view, back = detection_view(image.rgb, self.detect_max_side)
+        found = self.detector.detect(
+            view, upsample=choose_upsample(self.upsample, view.shape[0], view.shape[1])
+        )
+        if back != 1.0:
+            found = Detections(
+                boxes=np.round(found.boxes * np.float32(back)).astype(np.float32),
+                scores=found.scores,
+            )
         order = order_largest_first(found.boxes)
         boxes = np.ascontiguousarray(found.boxes[order])
         scores = np.ascontiguousarray(found.scores[order])
@@ -101,4 +154,10 @@ def build_default_analyzer(settings: Settings) -> DlibAnalyzer:
     """Prepare the default pack on first use (seconds), verify it, and load its models."""
     with _build_lock:
         pack_dir, manifest = ensure_default_pack(settings.packs_dir)
-    return DlibAnalyzer.from_pack(pack_dir, manifest, threads=settings.model_threads)
+    return DlibAnalyzer.from_pack(
+        pack_dir,
+        manifest,
+        threads=settings.model_threads,
+        upsample=settings.detector_upsample,
+        detect_max_side=settings.detect_max_side,
+    )
