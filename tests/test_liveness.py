@@ -108,12 +108,16 @@ def test_attacks_rejected_live_sample_accepted(detector: lv.LivenessDetector) ->
 
 
 def test_real_analyzer_boxes_give_the_same_verdicts(analyzer, detector) -> None:  # type: ignore[no-untyped-def]
-    """The fixture's boxes are the default analyzer's: re-detect and re-score the samples."""
+    """Re-detect with the service's analyzer (automatic upsampling) and re-score the samples.
+
+    The fixture's boxes were made at upsample 1; the automatic policy looks at these 640×480
+    frames without upsampling, which finds the same face with a somewhat larger box.
+    """
     for name, live in (("image_F1.jpg", False), ("image_F2.jpg", False), ("image_T1.jpg", True)):
         image = photo(f"antispoof/{name}")
         faces = analyzer.locate(image)
         assert len(faces) == 1
-        assert faces.boxes[0].tolist() == BOXES[f"antispoof/{name}"]
+        assert box_iou(faces.boxes[0], BOXES[f"antispoof/{name}"]) > 0.6
         score = float(detector.score(image, faces.boxes[:1])[0])
         assert (score >= detector.threshold) == live, (name, score)
 
@@ -228,3 +232,14 @@ def test_input_size_mismatch_is_model_pack_error() -> None:
     model = lv.LivenessModel(path=require_pad() / "MiniFASNetV2.onnx", scale=2.7, input_size=112)
     with pytest.raises(ModelPackError, match="expected one float input"):
         lv.LivenessDetector([model])
+
+
+def box_iou(a: object, b: object) -> float:
+    """True IoU of two inclusive [l, t, r, b] boxes."""
+    la, ta, ra, ba = (float(v) for v in np.asarray(a).ravel())
+    lb, tb, rb, bb = (float(v) for v in np.asarray(b).ravel())
+    iw = max(0.0, min(ra, rb) - max(la, lb) + 1)
+    ih = max(0.0, min(ba, bb) - max(ta, tb) + 1)
+    inter = iw * ih
+    union = (ra - la + 1) * (ba - ta + 1) + (rb - lb + 1) * (bb - tb + 1) - inter
+    return inter / union
