@@ -231,7 +231,7 @@ class Hnswlib(Engine):
     name = "hnswlib"
 
     def build(self, data: dict[str, Any]) -> None:
-        import hnswlib  # noqa: PLC0415 - optional bench dependency
+        import hnswlib
 
         x = data["faces"]
         self.index = hnswlib.Index(space="ip", dim=x.shape[1])
@@ -248,7 +248,7 @@ class Usearch(Engine):
     name = "usearch"
 
     def build(self, data: dict[str, Any]) -> None:
-        from usearch.index import Index  # noqa: PLC0415 - optional bench dependency
+        from usearch.index import Index
 
         x = data["faces"]
         self.index = Index(ndim=x.shape[1], metric="ip", dtype="f32", connectivity=HNSW_M,

@@ -12,7 +12,7 @@ class GalleryError(Exception):
     """Base class of every error raised by ``index``."""
 
 
-class InvalidVectors(GalleryError, ValueError):  # noqa: N818 - public API name
+class InvalidVectors(GalleryError, ValueError):
     """Vectors, ids or arguments fail the boundary checks (dtype, shape, NaN, norm...)."""
 
 
@@ -20,13 +20,13 @@ class DimensionMismatch(InvalidVectors):
     """Vectors have a different dimension than the gallery."""
 
 
-class DuplicateId(GalleryError, ValueError):  # noqa: N818 - public API name
+class DuplicateId(GalleryError, ValueError):
     """A face id occurs twice in a batch or is already enrolled."""
 
 
-class UnknownId(GalleryError, KeyError):  # noqa: N818 - public API name
+class UnknownId(GalleryError, KeyError):
     """A face id or UID that the gallery does not hold."""
 
 
-class SnapshotCorrupt(GalleryError):  # noqa: N818 - public API name
+class SnapshotCorrupt(GalleryError):
     """A snapshot file is truncated, fails its checksum or cannot be parsed."""

@@ -256,7 +256,7 @@ def write_snapshot(path: Path | str, gallery: Gallery, sequence: int) -> None:
 
 def read_snapshot(path: Path | str) -> tuple[Gallery, int]:
     """Load a snapshot written by write_snapshot: (gallery, sequence)."""
-    from index.gallery import Gallery  # noqa: PLC0415 - gallery imports this module lazily
+    from index.gallery import Gallery
 
     data = read_data(Path(path))
     try:

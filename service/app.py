@@ -24,7 +24,7 @@ def build_service(settings: Settings, *, analyzer: FaceAnalyzer | None = None) -
     """
     if analyzer is None:
         # The real models are heavy to import and load; tests pass their own analyzer.
-        from service.pipeline.dlib_analyzer import build_default_analyzer  # noqa: PLC0415
+        from service.pipeline.dlib_analyzer import build_default_analyzer
 
         analyzer = build_default_analyzer(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

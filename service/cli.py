@@ -108,7 +108,7 @@ def _client(args: argparse.Namespace) -> FaceGateClient:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.grpc_server import serve  # noqa: PLC0415 - grpc server only for this command
+    from service.grpc_server import serve
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),

@@ -107,7 +107,7 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def _no_face_photo() -> bytes:
-    from skimage import data  # noqa: PLC0415 - test-only dependency, imported where used
+    from skimage import data
 
     coffee = cast(Any, data).coffee()  # a cup of coffee: a real photo with no face
     return jpeg_bytes(np.ascontiguousarray(coffee[:, :, :3]))
