@@ -6,6 +6,10 @@ re-scores every candidate exactly against its fp32 row store. So an
 accelerator may hold stale entries for removed faces (HNSW cannot delete in
 place) and may be lossy (sq8/fp16) without the gallery ever returning a removed
 face or an approximate score.
+
+Kinds that store the vectors in fp32 (HNSW-flat, IVF-flat) already return exact
+inner products, so their candidates need no re-scoring and no over-fetching
+(``exact_scores``); only the quantised kinds (sq8, fp16) do.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ class Accelerator:
         # Size of the gallery when this structure was trained: IVF is retrained
         # once the gallery outgrows it by a large factor.
         self.trained_size = trained_size
+        self.exact_scores = kind in (IndexKind.HNSW, IndexKind.IVF)
+        # ntotal through SWIG and a fresh SearchParameters object cost several
+        # microseconds per query; both are cached (params are read-only in search).
+        self._ntotal = int(index.ntotal)
+        self._params: dict[tuple[int, int], Any] = {}
 
     @classmethod
     def build(cls, kind: IndexKind, dim: int, config: IndexConfig, data: F32Array) -> Accelerator:
@@ -81,24 +90,39 @@ class Accelerator:
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return self._ntotal
 
     def add(self, x: F32Array) -> None:
         if x.shape[0]:
             self.index.add(x)
+            self._ntotal = int(self.index.ntotal)
 
     def search(self, q: F32Array, kf: int, config: IndexConfig) -> tuple[F32Array, I64Array]:
         """Approximate top-kf slots per query (-1 where fewer were found)."""
-        kf = max(1, min(kf, self.ntotal))
-        params: Any = None
-        if self.kind is IndexKind.HNSW:
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            params.efSearch = max(config.hnsw_ef_search, kf)
-        elif self.kind is IndexKind.IVF:
-            params = faiss.SearchParametersIVF()
-            params.nprobe = config.ivf_nprobe
-        dist, slots = self.index.search(q, kf, params=params)
+        kf = max(1, min(kf, self._ntotal))
+        dist, slots = self.index.search(q, kf, params=self._search_params(kf, config))
         return dist, slots
+
+    def _search_params(self, kf: int, config: IndexConfig) -> Any:
+        if self.kind is IndexKind.HNSW:
+            ef = max(config.hnsw_ef_search, kf)
+            key = (0, ef)
+        elif self.kind is IndexKind.IVF:
+            key = (1, config.ivf_nprobe)
+        else:
+            return None
+        params = self._params.get(key)
+        if params is None:
+            if self.kind is IndexKind.HNSW:
+                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+                params.efSearch = key[1]
+            else:
+                params = faiss.SearchParametersIVF()
+                params.nprobe = key[1]
+            if len(self._params) > 64:  # ef follows kf, which follows the data
+                self._params.clear()
+            self._params[key] = params
+        return params
 
     def memory_bytes(self) -> int:
         """Estimated bytes held by the FAISS structure (vectors + links / codes)."""

@@ -24,7 +24,7 @@ import numpy as np
 from index.accelerator import Accelerator
 from index.config import IndexConfig, IndexKind
 from index.errors import DuplicateId, InvalidVectors, SnapshotCorrupt, UnknownId
-from index.results import SearchResult, best_per_uid
+from index.results import SMALL_CANDIDATES, SearchResult, best_per_uid, best_per_uid_small
 from index.rwlock import RWLock
 from index.snapshot import SnapshotData, read_snapshot, write_snapshot
 from index.threads import configure_faiss, omp_threads
@@ -36,6 +36,7 @@ from index.validation import (
     check_labels,
     check_matrix,
     check_normalised,
+    check_queries,
 )
 
 _EMPTY_ROWS = np.empty(0, dtype=np.int64)
@@ -155,20 +156,23 @@ class Gallery:
         self, queries: np.ndarray, k: int, partition: str | None = None
     ) -> list[SearchResult]:
         """Top-k distinct UIDs per query by best cosine score, descending."""
-        q = check_matrix(queries, self.dim, "queries")
+        q = check_queries(queries, self.dim)
         if partition is not None:
             return self.search_partitions(q, k, [partition] * q.shape[0])
-        check_normalised(q, "queries")
         k = check_k(k)
-        with self._lock.read():
+        # acquire/release rather than `with lock.read()`: this is the hot path.
+        lock = self._lock
+        lock.acquire_read()
+        try:
             return self._search_all(q, k)
+        finally:
+            lock.release_read()
 
     def search_partitions(
         self, queries: np.ndarray, k: int, partitions: Sequence[str | None]
     ) -> list[SearchResult]:
         """Like search(), with one partition key (or None = whole gallery) per query."""
-        q = check_matrix(queries, self.dim, "queries")
-        check_normalised(q, "queries")
+        q = check_queries(queries, self.dim)
         k = check_k(k)
         parts = check_labels(partitions, q.shape[0], "partitions", allow_none=True)
         out: list[SearchResult] = [SearchResult()] * q.shape[0]
@@ -347,28 +351,56 @@ class Gallery:
             return [SearchResult() for _ in range(n_q)]
         kf = min(self._n, k * self._max_faces)
         cfg = self.config
+        if n_q < cfg.parallel_batch_min or cfg.batch_threads == 1:
+            # Same policy as omp_threads() without its context-manager cost.
+            faiss.omp_set_num_threads(1)
+            return self._search_all_threaded(q, k, kf)
         with omp_threads(n_q, cfg.parallel_batch_min, cfg.batch_threads):
-            if self._accel is None:
-                dist, rows = faiss.knn(q, self._vecs[: self._n], kf, faiss.METRIC_INNER_PRODUCT)
-                return [self._collapse(dist[i], rows[i], k) for i in range(n_q)]
-            return [self._search_accel(q, i, k, kf, dist_slots)
-                    for i, dist_slots in enumerate(self._accel_candidates(q, kf))]
+            return self._search_all_threaded(q, k, kf)
 
-    def _accel_candidates(self, q: F32Array, kf: int) -> list[I64Array]:
-        assert self._accel is not None
-        want = kf * self.config.rerank_factor + self._dead_slots
-        _, slots = self._accel.search(q, want, self.config)
-        return [slots[i] for i in range(q.shape[0])]
+    def _search_all_threaded(self, q: F32Array, k: int, kf: int) -> list[SearchResult]:
+        accel = self._accel
+        if accel is None:
+            dist, rows = faiss.knn(q, self._vecs[: self._n], kf, faiss.METRIC_INNER_PRODUCT)
+            return [self._collapse(dist[i], rows[i], k) for i in range(q.shape[0])]
+        # fp32-storage kinds return exact scores, and their top-kf is the same
+        # whether or not more is fetched, so only quantised kinds over-fetch.
+        # Stale (removed) slots may occupy places in the list, hence + dead.
+        factor = 1 if accel.exact_scores else self.config.rerank_factor
+        dist, slots = accel.search(q, kf * factor + self._dead_slots, self.config)
+        return [self._from_candidates(q[i : i + 1], dist[i], slots[i], k=k, kf=kf, accel=accel)
+                for i in range(q.shape[0])]
 
-    def _search_accel(self, q: F32Array, i: int, k: int, kf: int, slots: I64Array) -> SearchResult:
-        rows = self._slot_row[slots[slots >= 0]]
-        rows = rows[rows >= 0]
-        res = self._rescore(q[i], rows, k)
-        if len(res) < k and len(slots) < self._accel_total() and rows.shape[0] < self._n:
+    def _from_candidates(self, query: F32Array, dist: F32Array, slots: I64Array, *,
+                         k: int, kf: int, accel: Accelerator) -> SearchResult:
+        """One query's (1, dim) approximate candidates -> its top-k UIDs."""
+        n_cand = slots.shape[0]
+        exact = accel.exact_scores
+        if exact and n_cand <= SMALL_CANDIDATES:
+            # Hot path (HNSW / IVF-flat, one query): FAISS's scores are already
+            # exact, so map slots to rows and collapse on Python lists.
+            rows = self._slot_row[slots]
+            row_list = rows.tolist()
+            # slot -1 is FAISS padding: slot_row[-1] above is garbage, mark it.
+            for j, slot in enumerate(slots.tolist()):
+                if slot < 0:
+                    row_list[j] = -1
+            res = self._collapse_lists(dist.tolist(), row_list, k)
+            if len(res) == k:
+                return res
+            n_rows = sum(1 for r in row_list if r >= 0)
+        else:
+            found = slots >= 0
+            rows = self._slot_row[slots[found]]
+            live = rows >= 0
+            rows, dist = rows[live], dist[found][live]
+            n_rows = rows.shape[0]
+            res = self._collapse(dist, rows, k) if exact else self._rescore(query[0], rows, k)
+        if len(res) < k and n_cand < accel.ntotal and n_rows < self._n:
             # Too many stale or duplicate-UID candidates: fall back to an exact scan.
-            dist, exact = faiss.knn(q[i : i + 1], self._vecs[: self._n], kf,
-                                    faiss.METRIC_INNER_PRODUCT)
-            return self._collapse(dist[0], exact[0], k)
+            exact_d, exact_rows = faiss.knn(query, self._vecs[: self._n], kf,
+                                            faiss.METRIC_INNER_PRODUCT)
+            return self._collapse(exact_d[0], exact_rows[0], k)
         return res
 
     def _accel_total(self) -> int:
@@ -390,12 +422,30 @@ class Gallery:
         order = np.argsort(-scores, kind="stable")
         return self._collapse(scores[order], rows[order], k)
 
-    def _collapse(self, scores: F32Array, rows: I64Array, k: int) -> SearchResult:
-        codes, best, best_rows = best_per_uid(scores, rows, self._row_uid, k)
+    def _collapse_lists(self, scores: list[float], rows: list[int], k: int) -> SearchResult:
+        """_collapse for a short candidate list given as Python lists (rows < 0 skipped)."""
+        if not rows:
+            return SearchResult()
+        row_uid = self._row_uid
+        codes = row_uid[rows].tolist()  # rows of -1 read a garbage code, skipped below
+        best_codes, best_scores, best_rows = best_per_uid_small(scores, rows, codes, k)
         names = self._uid_name
         return SearchResult(
-            uids=tuple(names[c] for c in codes.tolist()),
-            scores=np.ascontiguousarray(best, dtype=np.float32),
+            uids=tuple([names[c] for c in best_codes]),
+            scores=np.array(best_scores, dtype=np.float32),
+            face_ids=self._row_face[best_rows] if best_rows else np.empty(0, dtype=np.int64),
+        )
+
+    def _collapse(self, scores: F32Array, rows: I64Array, k: int) -> SearchResult:
+        if rows.shape[0] <= SMALL_CANDIDATES:
+            return self._collapse_lists(scores.tolist(), rows.tolist(), k)
+        codes, best, best_rows = best_per_uid(
+            scores, rows, self._row_uid, k, one_face_per_uid=self._max_faces == 1
+        )
+        names = self._uid_name
+        return SearchResult(
+            uids=tuple([names[c] for c in codes.tolist()]),
+            scores=best,
             face_ids=self._row_face[best_rows],
         )
 

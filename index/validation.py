@@ -89,3 +89,45 @@ def check_k(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or int(k) < 1:
         raise InvalidVectors(f"k must be a positive int, got {k!r}")
     return int(k)
+
+
+# Bounds on the squared norm equivalent to |norm - 1| <= NORM_TOLERANCE, pulled in
+# by a hair so that whatever the fast check accepts the float64 check accepts too.
+_SQ_LO = (1.0 - NORM_TOLERANCE) ** 2 + 1e-6
+_SQ_HI = (1.0 + NORM_TOLERANCE) ** 2 - 1e-6
+
+
+def check_queries(x: object, dim: int, name: str = "queries") -> F32Array:
+    """check_matrix + check_normalised in one pass for the search hot path.
+
+    A single float32 sum of squares per row rejects NaN / inf (their squares are
+    NaN or inf, which fail both bounds) and unnormalised rows; only a row that
+    fails it goes through the full checks, which produce the precise message
+    (and are the authority if the fast bounds were too strict at the margin).
+    """
+    if not (
+        isinstance(x, np.ndarray)
+        and x.dtype == np.float32
+        and x.ndim == 2
+        and x.shape[1] == dim
+        and x.flags.c_contiguous
+    ):
+        return _check_queries_slow(x, dim, name)
+    if x.shape[0] == 1:
+        row = x[0]
+        sq = float(row @ row)
+        if _SQ_LO <= sq <= _SQ_HI:
+            return x
+    elif x.shape[0]:
+        sqs = np.einsum("ij,ij->i", x, x)
+        if ((sqs >= _SQ_LO) & (sqs <= _SQ_HI)).all():
+            return x
+    else:
+        return x
+    return _check_queries_slow(x, dim, name)
+
+
+def _check_queries_slow(x: object, dim: int, name: str) -> F32Array:
+    q = check_matrix(x, dim, name)
+    check_normalised(q, name)
+    return q
