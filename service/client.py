@@ -14,11 +14,12 @@ when the server sent no reason). The original ``grpc.RpcError`` is the ``__cause
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
+import numpy as np
 from facegate.v1 import facegate_pb2 as pb
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +32,7 @@ from service.domain import (
     EnrollResult,
     IdentifyRequest,
     IdentifyResult,
+    ImportTemplatesRequest,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -200,6 +202,31 @@ class FaceGateClient:
             convert.UserPageRequest(collection, page_size, page_token)
         )
         return convert.user_page_from_proto(self._invoke("ListUsers", request, timeout))
+
+    def import_templates(
+        self,
+        collection: str,
+        model_id: str,
+        uids: Sequence[str],
+        embeddings: np.ndarray,
+        *,
+        phone_numbers: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, str]] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, ...]:
+        """Admin: add new users from templates of the collection's model; their face ids."""
+        request = convert.import_templates_request_to_proto(
+            ImportTemplatesRequest(
+                collection=collection,
+                model_id=model_id,
+                uids=tuple(uids),
+                embeddings=np.asarray(embeddings, dtype=np.float32),
+                phone_numbers=tuple(phone_numbers) if phone_numbers is not None else None,
+                metadata=tuple(metadata) if metadata is not None else None,
+            )
+        )
+        response = self._invoke("ImportTemplates", request, timeout)
+        return convert.import_templates_response_from_proto(response)
 
     def iter_users(
         self, collection: str, *, page_size: int = convert.DEFAULT_PAGE_SIZE

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import numpy as np
 from facegate.v1 import facegate_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -31,6 +32,7 @@ from service.domain import (
     FaceQuality,
     IdentifyRequest,
     IdentifyResult,
+    ImportTemplatesRequest,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -193,6 +195,7 @@ def collection_info_to_proto(info: CollectionInfo) -> pb.Collection:
         user_count=info.user_count,
         face_count=info.face_count,
         created_at=_timestamp(info.created_at),
+        embedding_dim=info.embedding_dim,
     )
 
 
@@ -207,6 +210,7 @@ def collection_info_from_proto(msg: pb.Collection) -> CollectionInfo:
         user_count=msg.user_count,
         face_count=msg.face_count,
         created_at=_seconds(msg.created_at),
+        embedding_dim=msg.embedding_dim,
     )
 
 
@@ -471,6 +475,92 @@ def user_page_from_proto(msg: pb.ListUsersResponse) -> UserPage:
     )
 
 
+# ---------------------------------------------------------------- template import
+
+# Templates travel as raw little-endian float32 bytes: exact, and 4 bytes per value instead of
+# protobuf's 5 for a packed float plus per-value parsing in Python.
+_F32_LE = np.dtype("<f4")
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRow:
+    """One TemplateRecord: a row of an ImportTemplatesRequest (the embedding as raw bytes)."""
+
+    uid: str
+    embedding: bytes  # little-endian float32
+    phone_number: str | None
+    metadata: Mapping[str, str]
+
+
+def template_record_to_proto(row: TemplateRow) -> pb.TemplateRecord:
+    return pb.TemplateRecord(
+        uid=row.uid,
+        embedding=row.embedding,
+        phone_number=row.phone_number,
+        metadata=dict(row.metadata),
+    )
+
+
+def template_record_from_proto(msg: pb.TemplateRecord) -> TemplateRow:
+    return TemplateRow(
+        uid=msg.uid,
+        embedding=msg.embedding,
+        phone_number=msg.phone_number if msg.HasField("phone_number") else None,
+        metadata=dict(msg.metadata),
+    )
+
+
+def import_templates_request_to_proto(req: ImportTemplatesRequest) -> pb.ImportTemplatesRequest:
+    vectors = np.ascontiguousarray(req.embeddings, dtype=_F32_LE)
+    phones = req.phone_numbers or (None,) * len(req.uids)
+    metadata = req.metadata or ({},) * len(req.uids)
+    rows = zip(req.uids, vectors, phones, metadata, strict=True)
+    return pb.ImportTemplatesRequest(
+        collection=req.collection,
+        model_id=req.model_id,
+        templates=[
+            template_record_to_proto(TemplateRow(uid, vector.tobytes(), phone, md))
+            for uid, vector, phone, md in rows
+        ],
+    )
+
+
+def import_templates_request_from_proto(msg: pb.ImportTemplatesRequest) -> ImportTemplatesRequest:
+    collection = _required(msg.collection, "collection")
+    model_id = _required(msg.model_id, "model_id")
+    if not msg.templates:
+        raise InvalidArgument(
+            "templates: at least one is required", metadata={"field": "templates"}
+        )
+    sizes = {len(t.embedding) for t in msg.templates}
+    if len(sizes) != 1 or next(iter(sizes)) == 0 or next(iter(sizes)) % 4:
+        raise InvalidArgument(
+            "templates.embedding: every template must hold the same, non-zero number of"
+            " float32 values",
+            metadata={"field": "templates.embedding"},
+        )
+    raw = b"".join(t.embedding for t in msg.templates)
+    vectors = np.frombuffer(raw, dtype=_F32_LE).astype(np.float32).reshape(len(msg.templates), -1)
+    return ImportTemplatesRequest(
+        collection=collection,
+        model_id=model_id,
+        uids=tuple(t.uid for t in msg.templates),
+        embeddings=vectors,
+        phone_numbers=tuple(
+            t.phone_number if t.HasField("phone_number") else None for t in msg.templates
+        ),
+        metadata=tuple(dict(t.metadata) for t in msg.templates),
+    )
+
+
+def import_templates_response_to_proto(face_ids: tuple[int, ...]) -> pb.ImportTemplatesResponse:
+    return pb.ImportTemplatesResponse(face_ids=list(face_ids))
+
+
+def import_templates_response_from_proto(msg: pb.ImportTemplatesResponse) -> tuple[int, ...]:
+    return tuple(int(f) for f in msg.face_ids)
+
+
 # ---------------------------------------------------------------- registry
 
 D = TypeVar("D")
@@ -545,4 +635,15 @@ CONVERTERS: Mapping[str, Converter[Any, Any]] = {
         UserPageRequest, list_users_request_to_proto, list_users_request_from_proto
     ),
     "facegate.v1.ListUsersResponse": Converter(UserPage, user_page_to_proto, user_page_from_proto),
+    "facegate.v1.TemplateRecord": Converter(
+        TemplateRow, template_record_to_proto, template_record_from_proto
+    ),
+    "facegate.v1.ImportTemplatesRequest": Converter(
+        ImportTemplatesRequest,
+        import_templates_request_to_proto,
+        import_templates_request_from_proto,
+    ),
+    "facegate.v1.ImportTemplatesResponse": Converter(
+        tuple, import_templates_response_to_proto, import_templates_response_from_proto
+    ),
 }

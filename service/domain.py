@@ -10,6 +10,10 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from service.pipeline.types import FloatArray
+
 
 class Decision(enum.Enum):
     MATCH = "MATCH"
@@ -67,6 +71,7 @@ class CollectionInfo:
     user_count: int
     face_count: int
     created_at: float  # unix seconds
+    embedding_dim: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +149,28 @@ class UserInfo:
 class UserPage:
     users: tuple[UserInfo, ...]
     next_page_token: str  # "" when this is the last page
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ImportTemplatesRequest:
+    """New users given directly as templates of the collection's model (admin only)."""
+
+    collection: str
+    model_id: str
+    uids: tuple[str, ...]
+    embeddings: FloatArray  # (n, D) float32, L2-normalised
+    phone_numbers: tuple[str | None, ...] | None = None
+    metadata: tuple[Mapping[str, str], ...] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        # Dataclass equality would compare the arrays element-wise (ambiguous truth value).
+        if not isinstance(other, ImportTemplatesRequest):
+            return NotImplemented
+        return (
+            (self.collection, self.model_id, self.uids, self.phone_numbers, self.metadata)
+            == (other.collection, other.model_id, other.uids, other.phone_numbers, other.metadata)
+            and self.embeddings.shape == other.embeddings.shape
+            and bool(np.array_equal(self.embeddings, other.embeddings))
+        )
+
+    __hash__ = None  # type: ignore[assignment]

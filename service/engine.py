@@ -45,6 +45,7 @@ from service.domain import (
     FaceQuality,
     IdentifyRequest,
     IdentifyResult,
+    ImportTemplatesRequest,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -67,6 +68,7 @@ from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
 from service.probe_tokens import Probe, ProbeTokens
 from service.shared_runs import SharedRuns
 from service.store import CollectionRow, Store, UserRow
+from service.store_rows import ImportedUser
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,7 @@ class FaceService:
             user_count=g.count_uids() if g is not None else self._store.count_users(r.name),
             face_count=g.count() if g is not None else self._store.count_faces(r.name),
             created_at=r.created_at,
+            embedding_dim=self._dim,
         )
 
     @staticmethod
@@ -442,6 +445,45 @@ class FaceService:
             f"no user {uid!r} in collection {coll.row.name!r}",
             metadata={"collection": coll.row.name, "uid": uid},
         )
+
+    # ------------------------------------------------------------ admin import
+
+    def import_templates(self, req: ImportTemplatesRequest) -> tuple[int, ...]:
+        """Add new users from templates of this collection's model (admin; migrations and
+        load benchmarks). There is no image, so there is no duplicate-face check; a uid that
+        already exists refuses the whole batch (``UserExists``). Returns the face ids."""
+        coll = self._collection(req.collection)
+        gallery = self._gallery(coll)
+        if req.model_id != coll.row.model_id:
+            raise ModelMismatch(
+                f"templates of model {req.model_id!r} cannot join collection {coll.row.name!r}"
+                f" of model {coll.row.model_id!r}: templates of different models are never"
+                " compared; re-embed the faces with this model",
+                metadata={"collection_model": coll.row.model_id, "request_model": req.model_id},
+            )
+        uids = checks.import_uids(req.uids)
+        vectors = checks.templates(req.embeddings, len(uids), self._dim)
+        phones = req.phone_numbers or (None,) * len(uids)
+        metadata = req.metadata or ({},) * len(uids)
+        if len(phones) != len(uids) or len(metadata) != len(uids):
+            raise InvalidArgument("templates: phone numbers and metadata must match the uids")
+        users = [
+            ImportedUser(
+                uid=u,
+                template=vectors[i],
+                phone=(self._phones.number_hash(p), self._phones.bucket(p)) if p else None,
+                metadata=checks.metadata(md),
+            )
+            for i, (u, p, md) in enumerate(zip(uids, phones, metadata, strict=True))
+        ]
+        with coll.lock:
+            with self._registry_lock:
+                if self._collections.get(coll.row.name) is not coll:
+                    raise UnknownCollection(f"collection {coll.row.name!r} was deleted")
+            rows = self._store.import_users(coll.row.name, users, model_id=self._model_id)
+            add_rows(gallery, rows)
+            coll.phone_users += sum(1 for u in users if u.phone is not None)
+        return tuple(r.face_id for r in rows)
 
     # --------------------------------------------------------------- operations
 

@@ -20,6 +20,7 @@ status codes in exactly one place (``service.grpc_errors``) and attaches ``reaso
     ├── Conflict                         ALREADY_EXISTS / FAILED_PRECONDITION
     │   ├── CollectionExists             reason COLLECTION_EXISTS
     │   ├── DuplicateFace                reason DUPLICATE_FACE
+    │   ├── UserExists                   reason USER_EXISTS
     │   └── ModelMismatch                reason MODEL_MISMATCH
     ├── ProbeTokenInvalid                reason PROBE_TOKEN_INVALID (expired/unknown)
     ├── Overloaded                       RESOURCE_EXHAUSTED, reason OVERLOADED
@@ -102,6 +103,12 @@ class CollectionExists(Conflict):
 
 class DuplicateFace(Conflict):
     reason = "DUPLICATE_FACE"
+
+
+class UserExists(Conflict):
+    """A template import named a uid that is already enrolled (imports never overwrite)."""
+
+    reason = "USER_EXISTS"
 
 
 class ModelMismatch(Conflict):

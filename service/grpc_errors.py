@@ -6,7 +6,7 @@ carry a ``google.rpc.ErrorInfo(reason, domain="facegate", metadata)``:
     InvalidInput (InvalidArgument, ImageUndecodable, ImageTooLarge)   INVALID_ARGUMENT
     FaceRejected (NoFace, MultipleFaces, LowQuality, LivenessFailed)  FAILED_PRECONDITION
     NotFound (UnknownCollection, UnknownUser)                         NOT_FOUND
-    CollectionExists, DuplicateFace                                   ALREADY_EXISTS
+    CollectionExists, DuplicateFace, UserExists                       ALREADY_EXISTS
     ModelMismatch, other Conflict                                     FAILED_PRECONDITION
     ProbeTokenInvalid                                                 FAILED_PRECONDITION
     Overloaded                                                        RESOURCE_EXHAUSTED
@@ -79,6 +79,7 @@ _CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.CollectionExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.DuplicateFace: grpc.StatusCode.ALREADY_EXISTS,
+    errors.UserExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ProbeTokenInvalid: grpc.StatusCode.FAILED_PRECONDITION,

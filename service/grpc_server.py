@@ -116,6 +116,7 @@ class _Servicer:
             "DeleteUser": (pb.DeleteUserRequest, _delete_user),
             "GetUser": (pb.GetUserRequest, _get_user),
             "ListUsers": (pb.ListUsersRequest, _list_users),
+            "ImportTemplates": (pb.ImportTemplatesRequest, _import_templates),
         }
         methods = set(pb.DESCRIPTOR.services_by_name["FaceGate"].methods_by_name)
         if methods != set(table):  # a new RPC in the proto must get a handler here
@@ -230,6 +231,11 @@ def _list_users(svc: FaceServicePort, msg: Any, _: float | None) -> Any:
     req = convert.list_users_request_from_proto(msg)
     page = svc.list_users(req.collection, page_size=req.page_size, page_token=req.page_token)
     return convert.user_page_to_proto(page)
+
+
+def _import_templates(svc: FaceServicePort, msg: Any, _: float | None) -> Any:
+    req = convert.import_templates_request_from_proto(msg)
+    return convert.import_templates_response_to_proto(svc.import_templates(req))
 
 
 # ---------------------------------------------------------------- the server

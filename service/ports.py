@@ -12,6 +12,7 @@ from service.domain import (
     EnrollResult,
     IdentifyRequest,
     IdentifyResult,
+    ImportTemplatesRequest,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -45,6 +46,8 @@ class FaceServicePort(Protocol):
     def list_users(
         self, collection: str, *, page_size: int = 100, page_token: str = ""
     ) -> UserPage: ...
+
+    def import_templates(self, req: ImportTemplatesRequest) -> tuple[int, ...]: ...
 
     def stats(self) -> dict[str, int]: ...
 

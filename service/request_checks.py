@@ -9,6 +9,8 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from service.domain import CollectionKind, CollectionSpec
 from service.errors import InvalidArgument
 
@@ -124,3 +126,45 @@ def decode_page_token(token: object) -> str:
         return uid(raw.decode())
     except (binascii.Error, UnicodeDecodeError, ValueError, InvalidArgument):
         raise _bad("page_token", "is not a token this service issued") from None
+
+
+MAX_IMPORT_TEMPLATES = 10_000
+# Same tolerance as the index's own check: templates are stored and searched as unit vectors.
+NORM_TOLERANCE = 1e-3
+
+
+def templates(vectors: object, count: int, dim: int) -> np.ndarray:
+    """An (count, dim) float32 C-contiguous matrix of finite, L2-normalised rows."""
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
+        raise _bad("embeddings", "must be a 2-D array of float32 templates")
+    if vectors.shape != (count, dim):
+        raise InvalidArgument(
+            f"embeddings: expected {count} templates of {dim} values, got shape"
+            f" {tuple(vectors.shape)}",
+            metadata={"field": "embeddings", "expected_dim": str(dim)},
+        )
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise _bad("embeddings", "must be finite (no NaN or infinity)")
+    norms = np.linalg.norm(out, axis=1)
+    worst = int(np.argmax(np.abs(norms - 1.0)))
+    if abs(float(norms[worst]) - 1.0) > NORM_TOLERANCE:
+        raise InvalidArgument(
+            f"embeddings[{worst}]: must be L2-normalised, norm is {float(norms[worst]):.4f}",
+            metadata={"field": "embeddings", "index": str(worst)},
+        )
+    return out
+
+
+def import_uids(values: Sequence[object]) -> list[str]:
+    if not 1 <= len(values) <= MAX_IMPORT_TEMPLATES:
+        raise _bad("templates", f"must hold 1-{MAX_IMPORT_TEMPLATES} templates, got {len(values)}")
+    out = [uid(v) for v in values]
+    seen: set[str] = set()
+    for u in out:
+        if u in seen:
+            raise InvalidArgument(
+                f"templates: uid {u!r} appears more than once", metadata={"field": "uid", "uid": u}
+            )
+        seen.add(u)
+    return out

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import CollectionExists, UnknownCollection, UnknownUser
+from service.errors import CollectionExists, UnknownCollection, UnknownUser, UserExists
 from service.pipeline.types import FloatArray
 from service.store_db import SqliteDb, StoreVersionError
 from service.store_rows import (
@@ -33,6 +33,7 @@ from service.store_rows import (
     CollectionRow,
     EnrollOutcome,
     FaceRow,
+    ImportedUser,
     NewFace,
     UserRow,
 )
@@ -283,6 +284,74 @@ class Store:
                 added.append(FaceRow(fid, uid, face.template, bucket, face.image_digest))
         renamed = {old: row.face_id for old, row in zip(removed, moved, strict=True)}
         return EnrollOutcome(created, tuple(added), tuple(removed), tuple(new_ids), renamed)
+
+    def import_users(
+        self,
+        collection: str,
+        users: Sequence[ImportedUser],
+        *,
+        model_id: str,
+    ) -> list[FaceRow]:
+        """Create new users with one template each, in one durable transaction.
+
+        Refuses the whole batch with ``UserExists`` when any uid is already enrolled.
+        """
+        now = time.time()
+        with self._tx() as db:
+            coll = db.execute("SELECT id FROM collections WHERE name = ?", (collection,)).fetchone()
+            if coll is None:
+                raise _unknown_collection(collection)
+            cid = int(coll[0])
+            uids = [u.uid for u in users]
+            for start in range(0, len(uids), 500):  # SQLite's bound-parameter limit
+                chunk = uids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                taken = db.execute(
+                    f"SELECT uid FROM users WHERE collection = ? AND uid IN ({marks}) LIMIT 1",
+                    (collection, *chunk),
+                ).fetchone()
+                if taken is not None:
+                    raise UserExists(
+                        f"uid {taken[0]!r} is already enrolled in {collection!r}; imports"
+                        " never overwrite users",
+                        metadata={"uid": str(taken[0]), "collection": collection},
+                    )
+            db.executemany(
+                "INSERT INTO users (collection, uid, metadata, phone_hash, phone_bucket,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        collection,
+                        u.uid,
+                        json.dumps(dict(u.metadata), sort_keys=True),
+                        u.phone[0] if u.phone is not None else None,
+                        u.phone[1] if u.phone is not None else None,
+                        now,
+                        now,
+                    )
+                    for u in users
+                ],
+            )
+            rows: list[FaceRow] = []
+            for u in users:
+                face = NewFace(
+                    template=u.template,
+                    image_digest="",  # no image: an imported template is never a re-enrolment
+                    box=(0.0, 0.0, 0.0, 0.0),
+                    det_score=0.0,
+                    inter_eye_px=0.0,
+                )
+                fid = self._insert_face(
+                    db,
+                    cid=cid,
+                    collection=collection,
+                    uid=u.uid,
+                    model_id=model_id,
+                    face=face,
+                    now=now,
+                )
+                rows.append(FaceRow(fid, u.uid, u.template, u.phone[1] if u.phone else None, ""))
+        return rows
 
     def _insert_face(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.pipeline.types import FloatArray
@@ -64,3 +65,13 @@ class EnrollOutcome:
 class ChangesSince:
     added: tuple[int, ...]
     removed: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedUser:
+    """A new user given as one template (ImportTemplates)."""
+
+    uid: str
+    template: FloatArray  # (D,) float32, L2-normalised
+    phone: tuple[str, str] | None  # (keyed hash of the number, keyed hash of its last 4 digits)
+    metadata: Mapping[str, str]

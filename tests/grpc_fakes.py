@@ -30,6 +30,7 @@ from service.domain import (
     FaceQuality,
     IdentifyRequest,
     IdentifyResult,
+    ImportTemplatesRequest,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -39,6 +40,7 @@ from service.errors import (
     CollectionExists,
     ImageUndecodable,
     InvalidArgument,
+    ModelMismatch,
     MultipleFaces,
     NoFace,
     ProbeTokenInvalid,
@@ -49,6 +51,7 @@ from service.grpc_server import FaceGateServer, create_server
 
 BOX = FaceBox(left=10.0, top=20.0, right=110.0, bottom=140.0, score=0.99)
 THRESHOLD = 0.6
+FAKE_DIM = 4
 
 
 @dataclass
@@ -118,6 +121,7 @@ class FakeFaceService:
             user_count=len(c.users),
             face_count=sum(len(u.faces) for u in c.users.values()),
             created_at=c.created_at,
+            embedding_dim=FAKE_DIM,
         )
 
     # ---------------------------------------------------------------- collections
@@ -230,6 +234,22 @@ class FakeFaceService:
         chunk = uids[start : start + page_size]
         nxt = str(start + page_size) if start + page_size < len(uids) else ""
         return UserPage(tuple(self.get_user(collection, uid) for uid in chunk), nxt)
+
+    def import_templates(self, req: ImportTemplatesRequest) -> tuple[int, ...]:
+        """Records the templates' bytes as each new user's one "face"."""
+        self._check()
+        c = self._collection(req.collection)
+        if req.model_id != "fake/1":
+            raise ModelMismatch(f"collection uses fake/1, not {req.model_id}")
+        if req.embeddings.shape != (len(req.uids), FAKE_DIM):
+            raise InvalidArgument(f"embeddings must be ({len(req.uids)}, {FAKE_DIM})")
+        ids = []
+        now = time.time()
+        for uid, vector in zip(req.uids, req.embeddings, strict=True):
+            c.users[uid] = _User([vector.tobytes()], None, {}, now, now)
+            ids.append(self.next_face_id)
+            self.next_face_id += 1
+        return tuple(ids)
 
     # ---------------------------------------------------------------- lifecycle
     def stats(self) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import numpy as np
 import pytest
 from facegate.v1 import facegate_pb2 as pb
 
@@ -21,6 +22,7 @@ from service.domain import (
     FaceQuality,
     IdentifyRequest,
     IdentifyResult,
+    ImportTemplatesRequest,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -129,6 +131,21 @@ SAMPLES: dict[str, list[Any]] = {
         UserPage(users=(USER,), next_page_token="abc"),
         UserPage(users=(), next_page_token=""),
     ],
+    "facegate.v1.TemplateRecord": [
+        convert.TemplateRow("u-1", np.arange(4, dtype="<f4").tobytes(), None, {}),
+        convert.TemplateRow("u-2", b"\x00\x00\x80\x3f", "13800001234", {"tier": "gold"}),
+    ],
+    "facegate.v1.ImportTemplatesRequest": [
+        ImportTemplatesRequest(
+            collection="c",
+            model_id="dlib-resnet-v1",
+            uids=("a", "b"),
+            embeddings=np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32),
+            phone_numbers=(None, "13800001234"),
+            metadata=({}, {"k": "v"}),
+        )
+    ],
+    "facegate.v1.ImportTemplatesResponse": [(), (1, 2, 3)],
 }
 
 
@@ -185,6 +202,9 @@ def test_request_defaults() -> None:
     assert page.page_size == convert.DEFAULT_PAGE_SIZE
 
 
+_TEMPLATE = pb.TemplateRecord(uid="a", embedding=np.ones(4, dtype="<f4").tobytes())
+
+
 @pytest.mark.parametrize(
     ("message", "field"),
     [
@@ -204,6 +224,25 @@ def test_request_defaults() -> None:
         (pb.DeleteUserRequest(collection="c"), "uid"),
         (pb.GetUserRequest(uid="u"), "collection"),
         (pb.ListUsersRequest(), "collection"),
+        (pb.ImportTemplatesRequest(model_id="m", templates=[_TEMPLATE]), "collection"),
+        (pb.ImportTemplatesRequest(collection="c", templates=[_TEMPLATE]), "model_id"),
+        (pb.ImportTemplatesRequest(collection="c", model_id="m"), "templates"),
+        (
+            pb.ImportTemplatesRequest(
+                collection="c",
+                model_id="m",
+                templates=[_TEMPLATE, pb.TemplateRecord(uid="b", embedding=b"\x00" * 12)],
+            ),
+            "templates.embedding",
+        ),
+        (
+            pb.ImportTemplatesRequest(
+                collection="c",
+                model_id="m",
+                templates=[pb.TemplateRecord(uid="a", embedding=b"12345")],
+            ),
+            "templates.embedding",
+        ),
     ],
 )
 def test_missing_or_bad_request_fields_are_refused(message: Any, field: str) -> None:

@@ -342,6 +342,31 @@ def test_need_hint_then_retry_with_hint_and_probe_token(
     assert wrong_hint.decision is not Decision.MATCH or wrong_hint.uid != "grace"
 
 
+def test_imported_gallery_with_a_real_person(
+    live: FaceGateClient, grace_hopper_jpeg: bytes
+) -> None:
+    """1,000 synthetic users imported as templates next to a real enrolled person: she is
+    still found, imported users can be deleted, and the probe never matches a synthetic one."""
+    live.create_collection(CollectionSpec(name="imported"))
+    live.enroll(EnrollRequest(collection="imported", uid="grace", images=(grace_hopper_jpeg,)))
+    info = live.get_collection("imported")
+    assert info.embedding_dim == 128
+    vectors = np.random.default_rng(5).standard_normal((1000, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    uids = [f"synthetic-{i}" for i in range(1000)]
+    assert len(live.import_templates("imported", info.model_id, uids, vectors)) == 1000
+    assert live.get_collection("imported").user_count == 1001
+    res = live.identify(
+        IdentifyRequest(collection="imported", image=_reencoded_crop(grace_hopper_jpeg))
+    )
+    assert (res.decision, res.uid) == (Decision.MATCH, "grace")
+    assert live.delete_user("imported", "synthetic-3") == 1
+    with pytest.raises(errors.UserExists):
+        live.import_templates("imported", info.model_id, ["grace"], vectors[:1])
+    with pytest.raises(errors.ModelMismatch):
+        live.import_templates("imported", "another-model", ["x"], vectors[:1])
+
+
 def test_other_people_from_lfw(live: FaceGateClient) -> None:
     people = _lfw_people(4)
     live.create_collection(CollectionSpec(name="lfw"))

@@ -144,6 +144,7 @@ ERROR_CASES: list[tuple[errors.FacegateError, grpc.StatusCode]] = [
     (errors.UnknownUser("bad"), grpc.StatusCode.NOT_FOUND),
     (errors.CollectionExists("bad"), grpc.StatusCode.ALREADY_EXISTS),
     (errors.DuplicateFace("bad"), grpc.StatusCode.ALREADY_EXISTS),
+    (errors.UserExists("bad"), grpc.StatusCode.ALREADY_EXISTS),
     (errors.ModelMismatch("bad"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ProbeTokenInvalid("bad"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded("bad"), grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -50,9 +50,7 @@ class Detections:
 
     @staticmethod
     def empty() -> Detections:
-        return Detections(
-            boxes=np.zeros((0, 4), np.float32), scores=np.zeros((0,), np.float32)
-        )
+        return Detections(boxes=np.zeros((0, 4), np.float32), scores=np.zeros((0,), np.float32))
 
 
 @dataclass(frozen=True, slots=True)

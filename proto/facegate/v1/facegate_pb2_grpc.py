@@ -84,6 +84,11 @@ class FaceGateStub:
                 request_serializer=facegate_dot_v1_dot_facegate__pb2.ListUsersRequest.SerializeToString,
                 response_deserializer=facegate_dot_v1_dot_facegate__pb2.ListUsersResponse.FromString,
                 _registered_method=True)
+        self.ImportTemplates = channel.unary_unary(
+                '/facegate.v1.FaceGate/ImportTemplates',
+                request_serializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesRequest.SerializeToString,
+                response_deserializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesResponse.FromString,
+                _registered_method=True)
 
 
 class FaceGateServicer:
@@ -155,6 +160,14 @@ class FaceGateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportTemplates(self, request, context):
+        """Admin: add users from templates made elsewhere by the same model (migration, or the load
+        benchmark's synthetic galleries). No duplicate-face check; existing uids are refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FaceGateServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +220,11 @@ def add_FaceGateServicer_to_server(servicer, server):
                     servicer.ListUsers,
                     request_deserializer=facegate_dot_v1_dot_facegate__pb2.ListUsersRequest.FromString,
                     response_serializer=facegate_dot_v1_dot_facegate__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'ImportTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportTemplates,
+                    request_deserializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesRequest.FromString,
+                    response_serializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +497,33 @@ class FaceGate:
             '/facegate.v1.FaceGate/ListUsers',
             facegate_dot_v1_dot_facegate__pb2.ListUsersRequest.SerializeToString,
             facegate_dot_v1_dot_facegate__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facegate.v1.FaceGate/ImportTemplates',
+            facegate_dot_v1_dot_facegate__pb2.ImportTemplatesRequest.SerializeToString,
+            facegate_dot_v1_dot_facegate__pb2.ImportTemplatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
