@@ -67,6 +67,7 @@ from service.pipeline.decode import decode_image
 from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
 from service.probe_tokens import Probe, ProbeTokens
 from service.shared_runs import SharedRuns
+from service.snapshotter import PeriodicSnapshots
 from service.store import CollectionRow, Store, UserRow
 from service.store_rows import ImportedUser
 
@@ -122,6 +123,10 @@ class FaceService:
             analyzer, window_ms=settings.batch_window_ms, max_batch=settings.max_batch
         )
         self._closed = False
+        self._snapshots: PeriodicSnapshots | None = None
+        if settings.snapshot_every_s > 0:
+            self._snapshots = PeriodicSnapshots(self.snapshot_all, settings.snapshot_every_s)
+            self._snapshots.start()
 
     def _load_collection(self, row: CollectionRow, gallery: Gallery | None) -> _Collection:
         if row.model_id != self._model_id:
@@ -522,6 +527,8 @@ class FaceService:
         if self._closed:
             return
         self._closed = True
+        if self._snapshots is not None:
+            self._snapshots.stop()  # before the store closes under a running snapshot
         self._runs.close()
         self._store.close()
 

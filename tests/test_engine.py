@@ -589,3 +589,23 @@ def test_replay_tolerates_a_snapshot_ahead_of_its_sequence(settings: Settings) -
         assert restored.partition_of(next(iter(moved.renamed.values()))) == "new-bucket"
     finally:
         store.close()
+
+
+def test_periodic_snapshots_are_written_while_serving(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", batch_window_ms=1.0, snapshot_every_s=0.05)
+    svc = build_service(settings, analyzer=FakeAnalyzer())
+    try:
+        svc.create_collection(CollectionSpec("shop"))
+        enroll(svc, "alice", ALICE)
+        deadline = time.monotonic() + 30
+        while not list(settings.snapshot_dir.glob("*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(settings.snapshot_dir.glob("*")), "no snapshot was written"
+    finally:
+        svc.close()
+    # The snapshot restores alone: nothing left to replay after it.
+    again = build_service(settings, analyzer=FakeAnalyzer())
+    try:
+        assert identify(again, face_png(ALICE, 3)).uid == "alice"
+    finally:
+        again.close()
