@@ -43,8 +43,12 @@ class Log:
 
     def view(self) -> tuple[set[int], set[int], set[int], set[int]]:
         with self.lock:
-            return (set(self.add_started), set(self.add_done), set(self.remove_started),
-                    set(self.remove_done))
+            return (
+                set(self.add_started),
+                set(self.add_done),
+                set(self.remove_started),
+                set(self.remove_done),
+            )
 
 
 def unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -52,8 +56,9 @@ def unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def group_data(centres: npt.NDArray[np.float32], b: int) -> tuple[
-        npt.NDArray[np.float32], npt.NDArray[np.int64], list[str]]:
+def group_data(
+    centres: npt.NDArray[np.float32], b: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], list[str]]:
     rng = np.random.default_rng(10_000 + b)
     noise = rng.standard_normal((GROUP, DIM)).astype(np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
@@ -106,10 +111,14 @@ def run_stress(kind: IndexKind, ops: int, readers: int, seed: int) -> None:
         finally:
             stop.set()
 
-    def check(b: int, res: SearchResult, before: tuple[set[int], ...],
-              after: tuple[set[int], ...]) -> None:
-        hits = [(u, int(f)) for u, f, s in zip(res.uids, res.face_ids, res.scores, strict=True)
-                if s > HIT]
+    def check(
+        b: int, res: SearchResult, before: tuple[set[int], ...], after: tuple[set[int], ...]
+    ) -> None:
+        hits = [
+            (u, int(f))
+            for u, f, s in zip(res.uids, res.face_ids, res.scores, strict=True)
+            if s > HIT
+        ]
         ids = group_data(centres, b)[1]
         _, added_before, _, removed_before = before
         started_after, _, removing_after, _ = after
@@ -144,8 +153,9 @@ def run_stress(kind: IndexKind, ops: int, readers: int, seed: int) -> None:
                 elif mode == 1:
                     res = g.search_partitions(q, GROUP, [f"g{b}" for b in bs])
                 else:
-                    res = g.search_partitions(q, GROUP, [None if i % 2 else f"g{b}"
-                                                         for i, b in enumerate(bs)])
+                    res = g.search_partitions(
+                        q, GROUP, [None if i % 2 else f"g{b}" for i, b in enumerate(bs)]
+                    )
                 count = g.count()
                 after = log.view()
                 for b, rs in zip(bs, res, strict=True):

@@ -29,18 +29,21 @@ def unit(rng: np.random.Generator, n: int, d: int = DIM) -> F32:
     return x
 
 
-def clustered(rng: np.random.Generator, n_ids: int, per_id: int, d: int = DIM,
-              noise: float = 0.25) -> tuple[F32, list[str]]:
+def clustered(
+    rng: np.random.Generator, n_ids: int, per_id: int, d: int = DIM, noise: float = 0.25
+) -> tuple[F32, list[str]]:
     """Face-like data: each UID's faces are noisy copies of one centre."""
     centres = unit(rng, n_ids, d)
     x = np.repeat(centres, per_id, axis=0) + noise / np.sqrt(d) * rng.standard_normal(
-        (n_ids * per_id, d)).astype(np.float32)
+        (n_ids * per_id, d)
+    ).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x, dtype=np.float32), [f"u{i // per_id}" for i in range(len(x))]
 
 
-def brute_force(x: F32, ids: npt.NDArray[np.int64], uids: list[str], q: F32,
-                k: int) -> list[tuple[str, ...]]:
+def brute_force(
+    x: F32, ids: npt.NDArray[np.int64], uids: list[str], q: F32, k: int
+) -> list[tuple[str, ...]]:
     """Reference top-k-by-UID: best score per UID, then the k best UIDs."""
     out = []
     for qi in q:
@@ -249,8 +252,7 @@ def test_partition_search_equals_filtered_brute_force(rng: np.random.Generator) 
         for f in res[i].face_ids.tolist():
             assert hint is None or g.partition_of(f) == hint
     assert g.search(q[1:2], 3, partition="0001") == [res[1]]
-    assert g.search_partitions(q[:2], 3, [None, "0001"]) == [
-        g.search(q[:1], 3)[0], res[1]]
+    assert g.search_partitions(q[:2], 3, [None, "0001"]) == [g.search(q[:1], 3)[0], res[1]]
 
 
 # ---------------------------------------------------------------- index kinds

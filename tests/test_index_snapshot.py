@@ -32,9 +32,12 @@ def unit(rng: np.random.Generator, n: int, d: int = DIM) -> npt.NDArray[np.float
 def filled(kind: IndexKind = IndexKind.FLAT, n: int = 1200) -> Gallery:
     rng = np.random.default_rng(7)
     g = Gallery(DIM, IndexConfig(kind=kind, min_accel_size=600))
-    g.add(unit(rng, n), np.arange(n, dtype=np.int64) * 3,
-          [f"uid-{i % 400}" for i in range(n)],
-          [None if i % 5 == 0 else f"{i % 37:04d}" for i in range(n)])
+    g.add(
+        unit(rng, n),
+        np.arange(n, dtype=np.int64) * 3,
+        [f"uid-{i % 400}" for i in range(n)],
+        [None if i % 5 == 0 else f"{i % 37:04d}" for i in range(n)],
+    )
     g.remove_faces(np.arange(0, 300, 3, dtype=np.int64))  # leaves stale accelerator slots
     g.remove_uid("uid-399")
     return g
@@ -92,8 +95,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 def test_every_truncation_point_is_detected(tmp_path: Path, image: bytes) -> None:
     size = len(image)
-    cuts = sorted({0, 1, 7, 8, 15, 16, 100, size // 3, size // 2, size - 41, size - 40,
-                   size - 8, size - 1} | {random.Random(5).randrange(size) for _ in range(20)})
+    cuts = sorted(
+        {0, 1, 7, 8, 15, 16, 100, size // 3, size // 2, size - 41, size - 40, size - 8, size - 1}
+        | {random.Random(5).randrange(size) for _ in range(20)}
+    )
     path = tmp_path / "t.snap"
     for cut in cuts:
         path.write_bytes(image[:cut])
@@ -108,7 +113,8 @@ def test_every_flipped_byte_region_is_detected(tmp_path: Path, image: bytes) -> 
     size = len(image)
     rnd = random.Random(11)
     spots = [0, 5, 9, 20, 200, size // 2, size - 40, size - 20, size - 3] + [
-        rnd.randrange(size) for _ in range(30)]
+        rnd.randrange(size) for _ in range(30)
+    ]
     path = tmp_path / "f.snap"
     for pos in spots:
         corrupt = bytearray(image)
@@ -186,7 +192,9 @@ def test_sigkill_during_snapshot_writes_never_loses_last_good(tmp_path: Path) ->
     for rnd_no in range(rounds):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(dim), str(batch)],
-            stdout=subprocess.PIPE, env=env, text=True,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().split() == ["loaded", str(last_seq)]
