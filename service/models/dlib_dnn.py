@@ -121,7 +121,7 @@ class Relu:
 
 
 @dataclass(frozen=True)
-class MaxPool:
+class _Pool:
     """``kernel``/``stride``/``pad`` as (y, x); kernel (0, 0) means global pooling."""
 
     kernel: tuple[int, int]
@@ -134,16 +134,13 @@ class MaxPool:
 
 
 @dataclass(frozen=True)
-class AvgPool:
-    """``kernel``/``stride``/``pad`` as (y, x); kernel (0, 0) means global pooling."""
+class MaxPool(_Pool):
+    """dlib ``max_pool_2``."""
 
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    pad: tuple[int, int]
 
-    @property
-    def is_global(self) -> bool:
-        return self.kernel == (0, 0)
+@dataclass(frozen=True)
+class AvgPool(_Pool):
+    """dlib ``avg_pool_2``."""
 
 
 @dataclass(frozen=True)
