@@ -162,6 +162,12 @@ class NumpyBrute(Engine):
         self.x = data["faces"]
 
     def search(self, q: F32) -> I64:
+        # In chunks: a 2048-query block against 1M faces would be an 8 GB score matrix
+        # (and its negated copy), which the OOM killer ended in an earlier run.
+        out = [self._search_chunk(q[i : i + 64]) for i in range(0, q.shape[0], 64)]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _search_chunk(self, q: F32) -> I64:
         s = q @ self.x.T
         top = np.argpartition(-s, K - 1, axis=1)[:, :K]
         order = np.argsort(-np.take_along_axis(s, top, 1), axis=1)
