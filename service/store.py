@@ -332,26 +332,34 @@ class Store:
                     for u in users
                 ],
             )
-            rows: list[FaceRow] = []
-            for u in users:
-                face = NewFace(
-                    template=u.template,
-                    image_digest="",  # no image: an imported template is never a re-enrolment
-                    box=(0.0, 0.0, 0.0, 0.0),
-                    det_score=0.0,
-                    inter_eye_px=0.0,
+            # Batched inserts (one statement each for faces and the change log) keep a
+            # 10,000-template import to a fraction of a second. AUTOINCREMENT ids only grow and
+            # nobody else writes inside this transaction, so the new faces are exactly those
+            # above the sequence's old value, in insertion (= request) order.
+            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'faces'").fetchone()
+            before = int(seq[0]) if seq is not None else 0
+            db.executemany(
+                "INSERT INTO faces (collection, uid, model_id, template, image_digest, box_left,"
+                " box_top, box_right, box_bottom, det_score, inter_eye_px, created_at)"
+                " VALUES (?, ?, ?, ?, '', 0, 0, 0, 0, 0, 0, ?)",  # no image, no box
+                [(collection, u.uid, model_id, _encode_template(u.template), now) for u in users],
+            )
+            ids = [
+                int(r[0])
+                for r in db.execute(
+                    "SELECT face_id FROM faces WHERE face_id > ? ORDER BY face_id", (before,)
                 )
-                fid = self._insert_face(
-                    db,
-                    cid=cid,
-                    collection=collection,
-                    uid=u.uid,
-                    model_id=model_id,
-                    face=face,
-                    now=now,
-                )
-                rows.append(FaceRow(fid, u.uid, u.template, u.phone[1] if u.phone else None, ""))
-        return rows
+            ]
+            if len(ids) != len(users):  # would mean a broken invariant, never a bad request
+                raise RuntimeError(f"imported {len(users)} faces but found {len(ids)} new ids")
+            db.executemany(
+                "INSERT INTO changes (collection_id, op, face_id) VALUES (?, 'add', ?)",
+                [(cid, fid) for fid in ids],
+            )
+        return [
+            FaceRow(fid, u.uid, u.template, u.phone[1] if u.phone else None, "")
+            for fid, u in zip(ids, users, strict=True)
+        ]
 
     def _insert_face(
         self,
