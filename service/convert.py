@@ -554,10 +554,12 @@ def import_templates_request_from_proto(msg: pb.ImportTemplatesRequest) -> Impor
 
 
 def import_templates_response_to_proto(face_ids: tuple[int, ...]) -> pb.ImportTemplatesResponse:
-    return pb.ImportTemplatesResponse(face_ids=list(face_ids))
+    return pb.ImportTemplatesResponse(imported=len(face_ids), face_ids=list(face_ids))
 
 
 def import_templates_response_from_proto(msg: pb.ImportTemplatesResponse) -> tuple[int, ...]:
+    # ``imported`` is a convenience for clients that do not want the ids; each new user has
+    # exactly one face, so the two always agree and the ids carry all the information.
     return tuple(int(f) for f in msg.face_ids)
 
 

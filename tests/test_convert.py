@@ -3,6 +3,7 @@ domain -> protobuf -> wire bytes -> protobuf -> domain unchanged."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any, cast
 
 import numpy as np
@@ -200,6 +201,17 @@ def test_request_defaults() -> None:
     assert ident.top_k == convert.DEFAULT_TOP_K
     page = convert.list_users_request_from_proto(pb.ListUsersRequest(collection="c"))
     assert page.page_size == convert.DEFAULT_PAGE_SIZE
+
+
+def test_import_response_counts_and_request_bytes_are_little_endian_float32() -> None:
+    msg = convert.import_templates_response_to_proto((7, 8, 9))
+    assert (msg.imported, list(msg.face_ids)) == (3, [7, 8, 9])
+    vectors = np.array([[0.6, 0.8]], dtype=np.float32)
+    req = convert.import_templates_request_to_proto(
+        ImportTemplatesRequest("c", "m", ("a",), vectors)
+    )
+    assert req.templates[0].embedding == struct.pack("<2f", 0.6, 0.8)
+    assert not req.templates[0].HasField("phone_number")
 
 
 _TEMPLATE = pb.TemplateRecord(uid="a", embedding=np.ones(4, dtype="<f4").tobytes())

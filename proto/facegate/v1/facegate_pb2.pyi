@@ -314,7 +314,9 @@ class ImportTemplatesRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., model_id: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[TemplateRecord, _Mapping]]] = ...) -> None: ...
 
 class ImportTemplatesResponse(_message.Message):
-    __slots__ = ("face_ids",)
+    __slots__ = ("imported", "face_ids")
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
     FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    imported: int
     face_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, face_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, imported: _Optional[int] = ..., face_ids: _Optional[_Iterable[int]] = ...) -> None: ...
