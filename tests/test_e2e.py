@@ -342,29 +342,69 @@ def test_need_hint_then_retry_with_hint_and_probe_token(
     assert wrong_hint.decision is not Decision.MATCH or wrong_hint.uid != "grace"
 
 
-def test_imported_gallery_with_a_real_person(
-    live: FaceGateClient, grace_hopper_jpeg: bytes
+def test_imported_gallery_with_a_real_person_survives_a_restart(
+    tmp_path: Path, packs_dir: Path, grace_hopper_jpeg: bytes
 ) -> None:
     """1,000 synthetic users imported as templates next to a real enrolled person: she is
-    still found, imported users can be deleted, and the probe never matches a synthetic one."""
-    live.create_collection(CollectionSpec(name="imported"))
-    live.enroll(EnrollRequest(collection="imported", uid="grace", images=(grace_hopper_jpeg,)))
-    info = live.get_collection("imported")
-    assert info.embedding_dim == 128
+    still found, imported users can be deleted, existing uids and other models are refused,
+    and a restart keeps the imported users (and the deletion)."""
+    settings = _settings(tmp_path / "data", packs_dir)
     vectors = np.random.default_rng(5).standard_normal((1000, 128)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     uids = [f"synthetic-{i}" for i in range(1000)]
-    assert len(live.import_templates("imported", info.model_id, uids, vectors)) == 1000
-    assert live.get_collection("imported").user_count == 1001
-    res = live.identify(
-        IdentifyRequest(collection="imported", image=_reencoded_crop(grace_hopper_jpeg))
-    )
-    assert (res.decision, res.uid) == (Decision.MATCH, "grace")
-    assert live.delete_user("imported", "synthetic-3") == 1
-    with pytest.raises(errors.UserExists):
-        live.import_templates("imported", info.model_id, ["grace"], vectors[:1])
-    with pytest.raises(errors.ModelMismatch):
-        live.import_templates("imported", "another-model", ["x"], vectors[:1])
+    server, port = _start(settings)
+    try:
+        with FaceGateClient(f"127.0.0.1:{port}", timeout=120) as live:
+            live.create_collection(CollectionSpec(name="imported"))
+            live.enroll(
+                EnrollRequest(collection="imported", uid="grace", images=(grace_hopper_jpeg,))
+            )
+            info = live.get_collection("imported")
+            assert info.embedding_dim == 128
+            phones: list[str | None] = [None] * 1000
+            phones[9] = "+15550009999"
+            ids = live.import_templates(
+                "imported",
+                info.model_id,
+                uids,
+                vectors,
+                phone_numbers=phones,
+                metadata=[{"source": "migration"}] * 1000,
+            )
+            assert len(ids) == len(set(ids)) == 1000
+            after = live.get_collection("imported")
+            assert (after.user_count, after.face_count) == (1001, 1001)
+            imported = live.get_user("imported", "synthetic-9")
+            assert imported.has_phone and imported.metadata == {"source": "migration"}
+            res = live.identify(
+                IdentifyRequest(collection="imported", image=_reencoded_crop(grace_hopper_jpeg))
+            )
+            assert (res.decision, res.uid) == (Decision.MATCH, "grace")
+            assert live.delete_user("imported", "synthetic-3") == 1
+            with pytest.raises(errors.UserExists) as exists:
+                live.import_templates("imported", info.model_id, ["new", "grace"], vectors[:2])
+            assert exists.value.metadata["uid"] == "grace"
+            with pytest.raises(errors.ModelMismatch):
+                live.import_templates("imported", "another-model", ["x"], vectors[:1])
+            with pytest.raises(errors.InvalidArgument):
+                live.import_templates("imported", info.model_id, ["x"], vectors[:1, :64] * 2)
+            assert live.get_collection("imported").user_count == 1000
+    finally:
+        assert server.stop(10).wait(60)
+
+    server, port = _start(settings)
+    try:
+        with FaceGateClient(f"127.0.0.1:{port}", timeout=120) as live:
+            assert live.get_collection("imported").user_count == 1000
+            assert live.get_user("imported", "synthetic-999").face_count == 1
+            with pytest.raises(errors.UnknownUser):
+                live.get_user("imported", "synthetic-3")
+            res = live.identify(IdentifyRequest(collection="imported", image=grace_hopper_jpeg))
+            assert (res.decision, res.uid) == (Decision.MATCH, "grace")
+            assert live.delete_user("imported", "synthetic-0") == 1
+            assert live.get_collection("imported").user_count == 999
+    finally:
+        assert server.stop(10).wait(60)
 
 
 def test_other_people_from_lfw(live: FaceGateClient) -> None:
