@@ -46,6 +46,7 @@ from service.errors import (
     ProbeTokenInvalid,
     UnknownCollection,
     UnknownUser,
+    UserExists,
 )
 from service.grpc_server import FaceGateServer, create_server
 
@@ -81,7 +82,9 @@ class FakeFaceService:
         self.gate: threading.Event | None = None
         self.entered = threading.Semaphore(0)
         self.deadlines: list[float | None] = []
+        self.seen_imports: list[ImportTemplatesRequest] = []
         self.sleep_s = 0.0
+        self.embedding_dim = FAKE_DIM  # what get_collection reports and imports must match
 
     # ---------------------------------------------------------------- helpers
     def _check(self) -> None:
@@ -121,7 +124,7 @@ class FakeFaceService:
             user_count=len(c.users),
             face_count=sum(len(u.faces) for u in c.users.values()),
             created_at=c.created_at,
-            embedding_dim=FAKE_DIM,
+            embedding_dim=self.embedding_dim,
         )
 
     # ---------------------------------------------------------------- collections
@@ -238,11 +241,15 @@ class FakeFaceService:
     def import_templates(self, req: ImportTemplatesRequest) -> tuple[int, ...]:
         """Records the templates' bytes as each new user's one "face"."""
         self._check()
+        self.seen_imports.append(req)
         c = self._collection(req.collection)
         if req.model_id != "fake/1":
             raise ModelMismatch(f"collection uses fake/1, not {req.model_id}")
-        if req.embeddings.shape != (len(req.uids), FAKE_DIM):
-            raise InvalidArgument(f"embeddings must be ({len(req.uids)}, {FAKE_DIM})")
+        if req.embeddings.shape != (len(req.uids), self.embedding_dim):
+            raise InvalidArgument(f"embeddings must be ({len(req.uids)}, {self.embedding_dim})")
+        taken = [u for u in req.uids if u in c.users]
+        if taken:
+            raise UserExists(f"uid {taken[0]!r} exists", metadata={"uid": taken[0]})
         ids = []
         now = time.time()
         for uid, vector in zip(req.uids, req.embeddings, strict=True):

@@ -24,7 +24,8 @@ ALICE = 1
 
 def unit_rows(n: int, dim: int = FAKE_DIM, seed: int = 0) -> np.ndarray:
     v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
 
 
 @pytest.fixture
@@ -129,3 +130,32 @@ def test_through_a_real_server_with_the_fake_engine() -> None:
         with pytest.raises(ModelMismatch) as err:
             client.import_templates("c", "other/1", ["e"], unit_rows(1, dim=4))
         assert code_for(err.value) is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_full_batch_fits_the_transport_and_phones_metadata_arrive() -> None:
+    """10,000 templates of 128 float32 values (~5.3 MB) are under the 16 MiB message limit."""
+    with running_server() as (_, port, fake), FaceGateClient(f"127.0.0.1:{port}") as client:
+        fake.embedding_dim = 128
+        client.create_collection(CollectionSpec("c"))
+        info = client.get_collection("c")
+        assert info.embedding_dim == 128
+        n = 10_000
+        vectors = unit_rows(n, dim=128, seed=3)
+        phones = [None if i % 2 else f"1380000{i:04d}" for i in range(n)]
+        ids = client.import_templates(
+            "c",
+            info.model_id,
+            [f"u{i}" for i in range(n)],
+            vectors,
+            phone_numbers=phones,
+            metadata=[{"i": str(i)} for i in range(n)],
+        )
+        assert len(ids) == n
+        seen = fake.seen_imports[-1]
+        assert np.array_equal(seen.embeddings, vectors) and seen.embeddings.dtype == np.float32
+        assert seen.phone_numbers == tuple(phones)
+        assert seen.metadata is not None and seen.metadata[42] == {"i": "42"}
+        with pytest.raises(UserExists) as err:
+            client.import_templates("c", info.model_id, ["new", "u5"], vectors[:2])
+        assert err.value.metadata["uid"] == "u5"
+        assert code_for(err.value) is grpc.StatusCode.ALREADY_EXISTS
