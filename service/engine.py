@@ -471,7 +471,11 @@ class FaceService:
         phones = req.phone_numbers or (None,) * len(uids)
         metadata = req.metadata or ({},) * len(uids)
         if len(phones) != len(uids) or len(metadata) != len(uids):
-            raise InvalidArgument("templates: phone numbers and metadata must match the uids")
+            raise InvalidArgument(
+                f"templates: {len(uids)} uids but {len(phones)} phone numbers and"
+                f" {len(metadata)} metadata maps; give one of each per template (or none)",
+                metadata={"field": "templates"},
+            )
         users = [
             ImportedUser(
                 uid=u,

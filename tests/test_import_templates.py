@@ -159,3 +159,21 @@ def test_a_full_batch_fits_the_transport_and_phones_metadata_arrive() -> None:
             client.import_templates("c", info.model_id, ["new", "u5"], vectors[:2])
         assert err.value.metadata["uid"] == "u5"
         assert code_for(err.value) is grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"phone_numbers": ("13800001234",)}, "phone numbers"),
+        ({"metadata": ({}, {}, {})}, "metadata maps"),
+        ({"phone_numbers": ("not a phone", None)}, "phone"),
+        ({"metadata": ({"k" * 10_000: "v"}, {})}, "metadata"),
+    ],
+)
+def test_bad_phones_or_metadata_refuse_the_batch(
+    svc: FaceService, extra: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        svc.import_templates(request(["a", "b"], unit_rows(2), **extra))
+    assert fragment in info.value.message
+    assert svc.get_collection("shop").user_count == 0
