@@ -134,7 +134,8 @@ NORM_TOLERANCE = 1e-3
 
 
 def templates(vectors: object, count: int, dim: int) -> np.ndarray:
-    """An (count, dim) float32 C-contiguous matrix of finite, L2-normalised rows."""
+    """An (count, dim) float32 C-contiguous matrix of finite rows, renormalised to unit length
+    (a row whose norm is off by more than ``NORM_TOLERANCE`` is refused, not fixed)."""
     if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
         raise _bad("embeddings", "must be a 2-D array of float32 templates")
     if vectors.shape != (count, dim):
@@ -143,7 +144,7 @@ def templates(vectors: object, count: int, dim: int) -> np.ndarray:
             f" {tuple(vectors.shape)}",
             metadata={"field": "embeddings", "expected_dim": str(dim)},
         )
-    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    out = np.array(vectors, dtype=np.float32, order="C", copy=True)  # never the caller's array
     if not np.isfinite(out).all():
         raise _bad("embeddings", "must be finite (no NaN or infinity)")
     norms = np.linalg.norm(out, axis=1)
@@ -153,6 +154,9 @@ def templates(vectors: object, count: int, dim: int) -> np.ndarray:
             f"embeddings[{worst}]: must be L2-normalised, norm is {float(norms[worst]):.4f}",
             metadata={"field": "embeddings", "index": str(worst)},
         )
+    # Within tolerance is accepted, but the gallery holds exact unit vectors (like the
+    # embedder's own output), so a slightly-off norm never shifts a cosine score.
+    out /= norms[:, None]
     return out
 
 

@@ -11,6 +11,7 @@ import pytest
 from fakes import FAKE_DIM, FakeAnalyzer, expected_embedding, face_png
 from grpc_fakes import running_server
 
+from service import request_checks as checks
 from service.app import build_service
 from service.client import FaceGateClient
 from service.config import Settings
@@ -177,3 +178,12 @@ def test_bad_phones_or_metadata_refuse_the_batch(
         svc.import_templates(request(["a", "b"], unit_rows(2), **extra))
     assert fragment in info.value.message
     assert svc.get_collection("shop").user_count == 0
+
+
+def test_nearly_unit_templates_are_renormalised_without_touching_the_callers_array() -> None:
+    given = unit_rows(3) * np.float32(1 + 5e-4)  # inside the 1e-3 tolerance
+    before = given.copy()
+    out = checks.templates(given, 3, FAKE_DIM)
+    assert np.array_equal(given, before)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
