@@ -126,17 +126,18 @@ def ensure_collection(client: FaceGateClient, name: str) -> Any:
 
 def top_up_gallery(client: FaceGateClient, name: str, target: int, log: Any) -> int:
     info = client.get_collection(name)
-    # Synthetic uids are numbered from the current user count, so a later, larger top-up
-    # never collides with an earlier one or with the real people enrolled after it.
+    # Each top-up names its users with its own run tag, so it can never collide with an
+    # earlier top-up (even after deletions) or with the real people enrolled after it.
     have = info.user_count
     dim = info.embedding_dim
+    run = f"{int(time.time()):x}"
     rng = np.random.default_rng(12345 + have)
     start = time.perf_counter()
     while have < target:
         n = min(IMPORT_CHUNK, target - have)
         vectors = rng.standard_normal((n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        uids = [f"{SYNTHETIC_PREFIX}{i:08d}" for i in range(have, have + n)]
+        uids = [f"{SYNTHETIC_PREFIX}{run}-{i:08d}" for i in range(have, have + n)]
         client.import_templates(name, info.model_id, uids, vectors)
         have += n
         log(f"imported {have}/{target} synthetic users")
