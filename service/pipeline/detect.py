@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from service.errors import InvalidArgument, ModelPackError
+from service.pipeline.onnx_session import cpu_session
 from service.pipeline.pyramid import build_tiled_pyramid
 from service.pipeline.types import Detections, FloatArray, UInt8Array
 
@@ -152,18 +152,7 @@ class MmodDetector:
     def __init__(self, onnx_path: Path, *, upsample: int = 1, threads: int = 1) -> None:
         if not 0 <= upsample <= _MAX_UPSAMPLE:
             raise InvalidArgument(f"upsample must be in 0..{_MAX_UPSAMPLE}, got {upsample}")
-        if threads < 1:
-            raise InvalidArgument(f"threads must be >= 1, got {threads}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self._session = ort.InferenceSession(
-                str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own exception types for unreadable files
-            raise ModelPackError(f"cannot load MMOD detector {onnx_path}: {exc}") from exc
+        self._session = cpu_session(onnx_path, threads=threads, what=f"MMOD detector {onnx_path}")
         meta = dict(self._session.get_modelmeta().custom_metadata_map)
         self.config = MmodConfig.from_metadata(meta, str(onnx_path))
         self.upsample = upsample

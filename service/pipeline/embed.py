@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from service.errors import InvalidArgument, ModelPackError
+from service.pipeline.onnx_session import cpu_session
 from service.pipeline.types import FloatArray, UInt8Array
 
 
@@ -20,20 +20,9 @@ class Embedder:
     """(N, S, S, 3) uint8 chips → (N, D) float32 raw descriptors. Thread-safe."""
 
     def __init__(self, onnx_path: Path, *, threads: int = 1) -> None:
-        if threads < 1:
-            raise InvalidArgument(f"threads must be >= 1, got {threads}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # errors only; ORT's info chatter is not ours to show
-        try:
-            self._session = ort.InferenceSession(
-                str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own untyped exceptions
-            raise ModelPackError(f"cannot load descriptor model {onnx_path}: {exc}") from exc
+        self._session = cpu_session(
+            onnx_path, threads=threads, what=f"descriptor model {onnx_path}"
+        )
         inputs = self._session.get_inputs()
         outputs = self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:

@@ -37,6 +37,7 @@ import onnx
 import onnxruntime as ort
 
 from service.errors import InvalidArgument, LivenessFailed, ModelPackError
+from service.pipeline.onnx_session import cpu_session
 from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
 
 # The authors' scales for the two Apache-2.0 models (their file names encode them).
@@ -200,20 +201,12 @@ class _Session:
     def __init__(self, model: LivenessModel, threads: int) -> None:
         self.model = model
         data = _read_pinned(model)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
         size = model.input_size
 
         def load(blob: bytes) -> ort.InferenceSession:
-            return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+            return cpu_session(blob, threads=threads, what=f"liveness model {model.path}")
 
-        try:
-            session = load(data)
-        except Exception as exc:  # ORT raises its own untyped exceptions
-            raise ModelPackError(f"cannot load liveness model {model.path}: {exc}") from None
+        session = load(data)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         shape = inputs[0].shape if len(inputs) == 1 else None
         if (
