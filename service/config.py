@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,21 +71,77 @@ class Settings:
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:
-    """Convert a TOML/env value to the type of the field's default."""
+    """Convert a TOML/env value to the field's declared type (``target``: a type or union)."""
+    kinds = typing.get_args(target) or (target,)
     try:
-        if isinstance(target, bool):
+        if raw is None and type(None) in kinds:
+            return None
+        if bool in kinds:
             if isinstance(raw, bool):
                 return raw
-            return str(raw).strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(target, int):
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        if int in kinds:
             return int(raw)
-        if isinstance(target, float):
+        if float in kinds:
             return float(raw)
-        if isinstance(target, Path) or name in ("model_dir", "secret_file"):
+        if Path in kinds:
             return Path(str(raw)).expanduser()
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"setting {name!r}: cannot use {raw!r}: {exc}") from exc
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
+    """Build the dataclass ``cls`` from raw values; nested dataclass fields are sections."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise InvalidArgument(f"unknown settings: {', '.join(where + n for n in sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, raw in values.items():
+        target = hints[name]
+        if isinstance(target, type) and dataclasses.is_dataclass(target):
+            if isinstance(raw, target):
+                kwargs[name] = raw
+            elif isinstance(raw, Mapping):
+                kwargs[name] = _build(target, raw, f"{where}{name}.")
+            else:
+                raise InvalidArgument(f"setting {where}{name!r} must be a table")
+        else:
+            kwargs[name] = _coerce(where + name, raw, target)
+    return cls(**kwargs)
+
+
+def _from_env(cls: type[Any], env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    """``FACEGATE_<FIELD>`` and ``FACEGATE_<SECTION>_<FIELD>`` variables, as raw values."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name.upper()
+        target = hints[f.name]
+        if isinstance(target, type) and dataclasses.is_dataclass(target):
+            section = _from_env(target, env, key + "_")
+            if section:
+                out[f.name] = section
+        elif key in env:
+            out[f.name] = env[key]
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def load_settings(
@@ -93,42 +150,18 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
+    """Settings from defaults < TOML < environment < ``overrides``. A nested dataclass field
+    of ``Settings`` (e.g. ``decode``) is a TOML table ``[decode]`` and the environment
+    variables ``FACEGATE_DECODE_<FIELD>``; an override may be a dataclass or a mapping."""
     env = os.environ if environ is None else environ
-    base = Settings()
     values: dict[str, Any] = {}
-    decode_values: dict[str, Any] = {}
     path = config_file or (Path(env["FACEGATE_CONFIG"]) if env.get("FACEGATE_CONFIG") else None)
     if path is not None:
         try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidArgument(f"config file {path}: {exc}") from exc
-        decode_values.update(doc.pop("decode", {}) or {})
-        values.update(doc)
-    names = {f.name for f in dataclasses.fields(Settings)}
-    for f in dataclasses.fields(Settings):
-        key = "FACEGATE_" + f.name.upper()
-        if key in env:
-            values[f.name] = env[key]
-    for f in dataclasses.fields(DecodeLimits):
-        key = "FACEGATE_DECODE_" + f.name.upper()
-        if key in env:
-            decode_values[f.name] = env[key]
+    values = _merge(values, _from_env(Settings, env, "FACEGATE_"))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - names
-    if unknown:
-        raise InvalidArgument(f"unknown settings: {', '.join(sorted(unknown))}")
-    kwargs: dict[str, Any] = {}
-    for name, raw in values.items():
-        if name == "decode":
-            if isinstance(raw, DecodeLimits):
-                kwargs[name] = raw
-                continue
-            raise InvalidArgument("setting 'decode' must be a table")
-        kwargs[name] = _coerce(name, raw, getattr(base, name))
-    if decode_values:
-        dbase = DecodeLimits()
-        kwargs["decode"] = DecodeLimits(
-            **{k: _coerce(k, v, getattr(dbase, k)) for k, v in decode_values.items()}
-        )
-    return Settings(**kwargs)
+    settings: Settings = _build(Settings, values, "")
+    return settings
