@@ -31,6 +31,28 @@ class DecodeLimits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    """``[auth]``: API keys (see ``service.auth_keys``); no keys file = no authentication."""
+
+    # TOML file of key ids, roles, scopes and SHA-256 hashes (``facegate keys create``).
+    keys_file: Path | None = None
+    # Serve a non-loopback address without keys anyway (e.g. behind an authenticating proxy).
+    allow_unauthenticated: bool = False
+    # How often a call may re-check the keys file for changes (revocations); 0 = every call.
+    reload_s: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """``[tls]``: server certificate; with ``client_ca_file`` and ``require_client_cert``, mTLS."""
+
+    cert_file: Path | None = None  # PEM certificate chain, leaf first
+    key_file: Path | None = None  # PEM private key of the leaf
+    client_ca_file: Path | None = None  # PEM CA bundle that client certificates must chain to
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
     data_dir: Path = field(default_factory=default_data_dir)
@@ -56,6 +78,8 @@ class Settings:
     secret_file: Path | None = None
     snapshot_every_s: float = 300.0
     decode: DecodeLimits = field(default_factory=DecodeLimits)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def packs_dir(self) -> Path:

@@ -24,7 +24,13 @@ status codes in exactly one place (``service.grpc_errors``) and attaches ``reaso
     │   └── ModelMismatch                reason MODEL_MISMATCH
     ├── ProbeTokenInvalid                reason PROBE_TOKEN_INVALID (expired/unknown)
     ├── Overloaded                       RESOURCE_EXHAUSTED, reason OVERLOADED
-    └── ModelPackError                   FAILED_PRECONDITION, reason MODEL_PACK_INVALID
+    ├── ModelPackError                   FAILED_PRECONDITION, reason MODEL_PACK_INVALID
+    ├── Unauthenticated                  UNAUTHENTICATED (who is calling is unknown)
+    │   ├── ApiKeyMissing                reason API_KEY_MISSING
+    │   └── ApiKeyInvalid                reason API_KEY_INVALID
+    └── PermissionDenied                 PERMISSION_DENIED (known caller, not allowed)
+        ├── RoleDenied                   reason ROLE_DENIED (the key's role cannot call it)
+        └── CollectionDenied             reason COLLECTION_DENIED (outside the key's scope)
 """
 
 from __future__ import annotations
@@ -125,3 +131,29 @@ class Overloaded(FacegateError):
 
 class ModelPackError(FacegateError):
     reason = "MODEL_PACK_INVALID"
+
+
+class Unauthenticated(FacegateError):
+    reason = "UNAUTHENTICATED"
+
+
+class ApiKeyMissing(Unauthenticated):
+    reason = "API_KEY_MISSING"
+
+
+class ApiKeyInvalid(Unauthenticated):
+    """Unknown, revoked or malformed key (the message never says which, nor echoes it)."""
+
+    reason = "API_KEY_INVALID"
+
+
+class PermissionDenied(FacegateError):
+    reason = "PERMISSION_DENIED"
+
+
+class RoleDenied(PermissionDenied):
+    reason = "ROLE_DENIED"
+
+
+class CollectionDenied(PermissionDenied):
+    reason = "COLLECTION_DENIED"

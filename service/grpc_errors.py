@@ -11,6 +11,8 @@ carry a ``google.rpc.ErrorInfo(reason, domain="facegate", metadata)``:
     ProbeTokenInvalid                                                 FAILED_PRECONDITION
     Overloaded                                                        RESOURCE_EXHAUSTED
     ModelPackError                                                    FAILED_PRECONDITION
+    Unauthenticated (ApiKeyMissing, ApiKeyInvalid)                    UNAUTHENTICATED
+    PermissionDenied (RoleDenied, CollectionDenied)                   PERMISSION_DENIED
     ServiceNotReady (models still loading)                            UNAVAILABLE
     DeadlineExceeded, builtin TimeoutError                            DEADLINE_EXCEEDED
     any other FacegateError                                           INTERNAL (its message)
@@ -85,6 +87,8 @@ _CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.ProbeTokenInvalid: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ModelPackError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ServiceNotReady: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,

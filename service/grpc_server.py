@@ -30,10 +30,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service import convert
+from service.auth import build_auth
 from service.config import Settings
 from service.errors import InvalidArgument
 from service.grpc_errors import DeadlineExceeded, ServiceNotReady, is_expected, status_for
 from service.ports import FaceServicePort
+from service.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,11 @@ class _Servicer:
 
     def _behaviour(
         self, method: str, request_type: type[Message], handler: _Handler
-    ) -> Callable[[bytes, grpc.ServicerContext], Message]:
-        def behaviour(raw: bytes, context: grpc.ServicerContext) -> Message:
+    ) -> Callable[[bytes | Message, grpc.ServicerContext], Message]:
+        def behaviour(raw: bytes | Message, context: grpc.ServicerContext) -> Message:
             try:
-                request = _parse(request_type, raw)
+                # The auth interceptor hands on a message it already parsed (scope check).
+                request = raw if isinstance(raw, Message) else _parse(request_type, raw)
                 service = self._slot.get()
                 deadline = _deadline(context)
                 response: Message = handler(service, request, deadline)
@@ -355,6 +358,11 @@ def create_server(
     """Build (not start) a server listening on ``settings.listen`` (``port`` overrides the
     port; 0 picks a free one) and return it with the bound port.
 
+    ``[tls]`` settings make it a TLS (or mTLS) port; ``[auth]`` settings add the API-key
+    interceptor (``service.auth``) after ``interceptors``. Without keys, a loopback address
+    logs a loud warning and any other address is refused (``InvalidArgument``) unless
+    ``auth.allow_unauthenticated`` waives it.
+
     The engine is ``service`` when given (ready at once), else what ``loader`` returns, by
     default ``service.app.build_service(settings)``; loading runs after ``start()``.
     """
@@ -370,6 +378,12 @@ def create_server(
             return build_service(settings)
 
         loader = default_loader
+
+    address = _address(settings.listen, port)
+    credentials = server_credentials(settings.tls)  # checks the files before binding
+    auth = build_auth(settings, address, _parse, tls_enabled=credentials is not None)
+    if auth is not None:  # innermost, so outer interceptors (metrics) see refusals too
+        interceptors = [*interceptors, auth]
 
     limit = settings.max_message_bytes
     server = grpc.server(
@@ -400,9 +414,11 @@ def create_server(
     if service is not None:
         slot.load(lambda: service, wrapper._set_serving)
 
-    address = _address(settings.listen, port)
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # grpc raises on bind failure in recent versions
         raise OSError(f"cannot listen on {address}: {exc}") from exc
     if bound == 0:

@@ -149,6 +149,10 @@ ERROR_CASES: list[tuple[errors.FacegateError, grpc.StatusCode]] = [
     (errors.ProbeTokenInvalid("bad"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded("bad"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ModelPackError("bad"), grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ApiKeyMissing("bad"), grpc.StatusCode.UNAUTHENTICATED),
+    (errors.ApiKeyInvalid("bad"), grpc.StatusCode.UNAUTHENTICATED),
+    (errors.RoleDenied("bad"), grpc.StatusCode.PERMISSION_DENIED),
+    (errors.CollectionDenied("bad"), grpc.StatusCode.PERMISSION_DENIED),
     (DeadlineExceeded("bad"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (ServiceNotReady("bad"), grpc.StatusCode.UNAVAILABLE),
 ]
