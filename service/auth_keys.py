@@ -161,9 +161,7 @@ def parse_keys(text: str, source: str) -> tuple[KeyEntry, ...]:
     raw_entries = doc.get("keys", [])
     if not isinstance(raw_entries, list):
         raise _fail(source, "keys", "must be an array of tables ([[keys]])")
-    entries = tuple(
-        _entry(raw, f"entry {n}", source) for n, raw in enumerate(raw_entries, start=1)
-    )
+    entries = tuple(_entry(raw, f"entry {n}", source) for n, raw in enumerate(raw_entries, start=1))
     seen_ids: set[str] = set()
     seen_hashes: dict[bytes, str] = {}
     for entry in entries:
@@ -270,9 +268,7 @@ class KeyRing:
         self._stamp = self._file_stamp()
         self._entries = load_keys(path)
         if not self._entries:
-            raise _fail(
-                str(path), "holds no keys", "create one with `facegate keys create` first"
-            )
+            raise _fail(str(path), "holds no keys", "create one with `facegate keys create` first")
         self._checked = time.monotonic()
 
     @property

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from service.cli_auth import add_client_options, connection_options
 from service.client import DEFAULT_TARGET, FaceGateClient
 from service.config import load_settings
 from service.domain import (
@@ -36,11 +37,11 @@ from service.domain import (
     UserInfo,
     VerifyRequest,
 )
-from service.errors import FacegateError
+from service.errors import FacegateError, InvalidArgument
 
 EXIT_OK, EXIT_REMOTE, EXIT_USAGE = 0, 1, 2
 # Subcommands other modules add (``register(subparsers)``), when they are installed.
-PLUGIN_MODULES = ("service.cli_models", "service.cli_embed")
+PLUGIN_MODULES = ("service.cli_models", "service.cli_embed", "service.cli_auth")
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -101,7 +102,11 @@ def _user_line(user: UserInfo) -> str:
 
 
 def _client(args: argparse.Namespace) -> FaceGateClient:
-    return FaceGateClient(args.target, timeout=args.timeout)
+    try:
+        security = connection_options(args)  # API key and TLS flags
+    except InvalidArgument as exc:
+        raise UsageError(exc.message) from exc
+    return FaceGateClient(args.target, timeout=args.timeout, **security)
 
 
 # ---------------------------------------------------------------- commands
@@ -313,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client_opts.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     client_opts.add_argument("--json", action="store_true", help="print one JSON document")
+    add_client_options(client_opts)
 
     coll = sub.add_parser("collections", help="create, delete, list collections")
     coll_sub = coll.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -39,6 +39,7 @@ from service.domain import (
     VerifyResult,
 )
 from service.grpc_errors import ServiceNotReady, error_from_rpc
+from service.tls import ClientTls
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
@@ -52,8 +53,10 @@ class FaceGateClient:
     """A connection to one facegate server; use as a context manager or call ``close()``.
 
     ``timeout`` is the default per-call deadline in seconds (None: no deadline); each method
-    takes ``timeout=`` to override it for one call. ``metadata`` is sent with every call
-    (e.g. ``[("x-api-key", "...")]``).
+    takes ``timeout=`` to override it for one call. ``api_key`` is sent with every call as
+    ``authorization: Bearer <key>``; ``metadata`` is sent with every call too. ``tls``
+    (``service.tls.ClientTls``) makes the channel TLS, with a client certificate for mTLS;
+    without it the channel is plaintext.
     """
 
     def __init__(
@@ -62,20 +65,30 @@ class FaceGateClient:
         *,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        api_key: str | None = None,
+        tls: ClientTls | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         channel: grpc.Channel | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = tuple(metadata)
+        # Plain metadata rather than grpc call credentials: those refuse plaintext channels,
+        # and the embedded loopback server is plaintext.
+        auth = () if api_key is None else (("authorization", f"Bearer {api_key}"),)
+        self._metadata = (*auth, *metadata)
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if channel is not None:
+            self._channel = channel
+        elif tls is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(
+                target, tls.credentials(), options=[*options, *tls.channel_options()]
+            )
         self._health = health_pb2_grpc.HealthStub(self._channel)
         # Calls are built from the service descriptor: typed, and independent of the grpc
         # version the committed *_pb2_grpc.py stub demands.
