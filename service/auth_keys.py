@@ -111,13 +111,15 @@ def _entry(raw: Any, where: str, source: str = "") -> KeyEntry:
     if unknown:
         allowed = ", ".join(sorted(_ENTRY_FIELDS))
         raise _fail(src, where, f"unknown field(s) {sorted(unknown)}; allowed: {allowed}")
-    for name in ("id", "role", "sha256"):
-        if name not in raw:
-            raise _fail(src, where, f"missing {name!r}")
+    if "id" not in raw:
+        raise _fail(src, where, "missing 'id'")
     key_id = raw["id"]
     if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
         raise _fail(src, where, f"id {key_id!r} must be 1-64 of A-Z a-z 0-9 _ . @ -")
     where = f"{where} (id {key_id!r})"
+    for name in ("role", "sha256"):
+        if name not in raw:
+            raise _fail(src, where, f"missing {name!r}")
     try:
         role = Role(raw["role"])
     except ValueError:
