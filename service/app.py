@@ -1,21 +1,31 @@
-"""Assemble the service from settings: store, secret, galleries, analyzer."""
+"""Assemble the service from settings: store, secret, galleries, analyzer; and the engine
+as the server runs it (timed by the server's metrics, every call audited)."""
 
 from __future__ import annotations
 
 import logging
 
 from index import Gallery, IndexConfig
+from service.audit import AuditLog
+from service.audited_service import AuditedService
 from service.config import Settings
 from service.engine import FaceService
 from service.gallery_restore import remove_orphan_snapshots, restore
+from service.metrics import ServiceMetrics
 from service.pipeline.analyzer import FaceAnalyzer
+from service.pipeline.timing import NO_TIMING, StageTimer
 from service.secrets_file import load_or_create_secret
 from service.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: Settings, *, analyzer: FaceAnalyzer | None = None) -> FaceService:
+def build_service(
+    settings: Settings,
+    *,
+    analyzer: FaceAnalyzer | None = None,
+    timer: StageTimer = NO_TIMING,
+) -> FaceService:
     """Open (or create) the data directory and return a ready FaceService.
 
     Each collection's gallery is restored from its snapshot plus the store's changes since,
@@ -26,7 +36,7 @@ def build_service(settings: Settings, *, analyzer: FaceAnalyzer | None = None) -
         # The real models are heavy to import and load; tests pass their own analyzer.
         from service.pipeline.dlib_analyzer import build_default_analyzer
 
-        analyzer = build_default_analyzer(settings)
+        analyzer = build_default_analyzer(settings, timer=timer)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(settings)
     store = Store(settings.store_path)
@@ -40,7 +50,43 @@ def build_service(settings: Settings, *, analyzer: FaceAnalyzer | None = None) -
                     store, row, analyzer.embedding_dim, settings.snapshot_dir, config
                 )
         remove_orphan_snapshots(settings.snapshot_dir, rows)
-        return FaceService(settings, analyzer, store, galleries, secret, index_config=config)
+        return FaceService(
+            settings, analyzer, store, galleries, secret, index_config=config, timer=timer
+        )
     except BaseException:
         store.close()
         raise
+
+
+def open_audit_log(settings: Settings) -> AuditLog | None:
+    """The ``[audit]`` log, or None when it is disabled."""
+    if not settings.audit.enabled:
+        return None
+    return AuditLog(
+        settings.audit_dir,
+        retention_days=settings.audit.retention_days,
+        fsync=settings.audit.fsync,
+    )
+
+
+def build_served_service(
+    settings: Settings,
+    *,
+    metrics: ServiceMetrics | None = None,
+    analyzer: FaceAnalyzer | None = None,
+) -> AuditedService:
+    """The engine as the server runs it: stages timed by ``metrics``, every call audited."""
+    audit_log = open_audit_log(settings)
+    try:
+        engine = build_service(
+            settings, analyzer=analyzer, timer=metrics if metrics is not None else NO_TIMING
+        )
+    except BaseException:
+        if audit_log is not None:
+            audit_log.close()
+        raise
+    if audit_log is None:
+        log.warning("the audit log is disabled ([audit] enabled = false)")
+    if metrics is not None:
+        metrics.set_model_pack(settings.model_pack, engine.model_id)
+    return AuditedService(engine, log=audit_log, sinks=(metrics,) if metrics is not None else ())

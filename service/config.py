@@ -53,6 +53,28 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditSettings:
+    """``[audit]``: the append-only audit log (JSON lines, one file per UTC day)."""
+
+    enabled: bool = True
+    # Directory of the daily files; default: <data_dir>/audit.
+    path: Path | None = None
+    # Whole days kept; a day's file is deleted only once all of it is older. 0 = keep forever.
+    retention_days: int = 365
+    # fsync after each record: "always", "writes" (enrol/delete/import/admin, not identify or
+    # verify), or "never" (the OS flushes; a power cut may lose the last seconds).
+    fsync: str = "writes"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsSettings:
+    """``[metrics]``: the Prometheus endpoint, on its own port."""
+
+    # host:port of the HTTP endpoint (port 0 picks a free one); "" or "0" disables it.
+    listen: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
     data_dir: Path = field(default_factory=default_data_dir)
@@ -80,6 +102,8 @@ class Settings:
     decode: DecodeLimits = field(default_factory=DecodeLimits)
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def packs_dir(self) -> Path:
@@ -92,6 +116,10 @@ class Settings:
     @property
     def snapshot_dir(self) -> Path:
         return self.data_dir / "snapshots"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.audit.path if self.audit.path is not None else self.data_dir / "audit"
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:

@@ -64,6 +64,7 @@ from service.gallery_restore import add_rows, remove_orphan_snapshots, snapshot_
 from service.phone import PhoneHasher
 from service.pipeline.analyzer import FaceAnalyzer
 from service.pipeline.decode import decode_image
+from service.pipeline.timing import ALIGN, DECODE, NO_TIMING, StageTimer
 from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
 from service.probe_tokens import Probe, ProbeTokens
 from service.shared_runs import SharedRuns
@@ -102,8 +103,10 @@ class FaceService:
         clock: Callable[[], float] = time.monotonic,
         decoder: Decoder | None = None,
         index_config: IndexConfig | None = None,
+        timer: StageTimer = NO_TIMING,
     ) -> None:
         self._settings = settings
+        self._timer = timer
         self._analyzer = analyzer
         self._store = store
         self._clock = clock
@@ -120,7 +123,7 @@ class FaceService:
         for row in store.list_collections():
             self._collections[row.name] = self._load_collection(row, galleries.get(row.name))
         self._runs = SharedRuns(
-            analyzer, window_ms=settings.batch_window_ms, max_batch=settings.max_batch
+            analyzer, window_ms=settings.batch_window_ms, max_batch=settings.max_batch, timer=timer
         )
         self._closed = False
         self._snapshots: PeriodicSnapshots | None = None
@@ -226,6 +229,11 @@ class FaceService:
     def _policy(row: CollectionRow) -> Policy:
         return Policy(row.threshold, row.margin, row.hint_required_above)
 
+    @property
+    def model_id(self) -> str:
+        """The loaded model pack's embedding space (for the metrics' info label)."""
+        return self._model_id
+
     # --------------------------------------------------------------------- faces
 
     def _remaining(self, deadline: float | None) -> float | None:
@@ -243,10 +251,12 @@ class FaceService:
         for i, data in enumerate(images):
             try:
                 self._remaining(deadline)
-                image = self._decode(data, self._settings.decode)
+                with self._timer.stage(DECODE):
+                    image = self._decode(data, self._settings.decode)
                 self._remaining(deadline)
-                selected = select_face(self._analyzer.locate(image))
-                chips.append(self._analyzer.align(image, selected.faces)[0])
+                selected = select_face(self._analyzer.locate(image))  # times detect, landmarks
+                with self._timer.stage(ALIGN):
+                    chips.append(self._analyzer.align(image, selected.faces)[0])
             except FacegateError as exc:
                 if len(images) == 1:
                     raise

@@ -34,6 +34,7 @@ from service.auth import build_auth
 from service.config import Settings
 from service.errors import InvalidArgument
 from service.grpc_errors import DeadlineExceeded, ServiceNotReady, is_expected, status_for
+from service.metrics import ServiceMetrics, parse_listen
 from service.ports import FaceServicePort
 from service.tls import server_credentials
 
@@ -66,6 +67,11 @@ class _EngineSlot:
             if self._error is not None:
                 raise ServiceNotReady(f"the engine failed to load: {self._error}")
             raise ServiceNotReady("the server is starting: models are still loading")
+
+    def peek(self) -> FaceServicePort | None:
+        """The engine if it is loaded, else None (for metrics scrapes)."""
+        with self._lock:
+            return self._service
 
     def load(self, loader: Loader, on_ready: Callable[[], None]) -> None:
         started = time.monotonic()
@@ -255,8 +261,11 @@ class FaceGateServer(grpc.Server):
         slot: _EngineSlot,
         health_servicer: health.HealthServicer,
         loader: Loader | None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._server = server
+        self._metrics = metrics
+        self.metrics_port: int | None = None  # the Prometheus endpoint's port, once listening
         self._slot = slot
         self._health = health_servicer
         self._loader = loader
@@ -301,6 +310,8 @@ class FaceGateServer(grpc.Server):
             except Exception:
                 log.exception("closing the facegate engine failed")
             finally:
+                if self._metrics is not None:
+                    self._metrics.stop_http()
                 terminated.set()
 
         threading.Thread(target=close_engine, name="facegate-shutdown", daemon=True).start()
@@ -364,20 +375,26 @@ def create_server(
     ``auth.allow_unauthenticated`` waives it.
 
     The engine is ``service`` when given (ready at once), else what ``loader`` returns, by
-    default ``service.app.build_service(settings)``; loading runs after ``start()``.
+    default ``service.app.build_served_service(settings)`` (timed and audited); loading
+    runs after ``start()``. Unless ``[metrics] listen`` is empty, RPCs are counted and timed
+    and the Prometheus endpoint listens there (``server.metrics_port``).
     """
     if service is not None and loader is not None:
         raise ValueError("pass either service or loader, not both")
+    slot = _EngineSlot()
+    metrics = ServiceMetrics(engine=slot.peek) if parse_listen(settings.metrics.listen) else None
     if service is None and loader is None:
         # The real engine: imported only when needed (heavy imports; tests pass fakes).
-        build_service: Callable[[Settings], FaceServicePort] = importlib.import_module(
+        build: Callable[..., FaceServicePort] = importlib.import_module(
             "service.app"
-        ).build_service
+        ).build_served_service
 
         def default_loader() -> FaceServicePort:
-            return build_service(settings)
+            return build(settings, metrics=metrics)
 
         loader = default_loader
+    if metrics is not None:  # first: it also counts calls later interceptors refuse
+        interceptors = [metrics.interceptor(), *interceptors]
 
     address = _address(settings.listen, port)
     credentials = server_credentials(settings.tls)  # checks the files before binding
@@ -399,7 +416,6 @@ def create_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    slot = _EngineSlot()
     server.add_generic_rpc_handlers((_Servicer(slot).handlers(),))
 
     health_servicer = health.HealthServicer()
@@ -410,7 +426,7 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    wrapper = FaceGateServer(server, slot, health_servicer, loader)
+    wrapper = FaceGateServer(server, slot, health_servicer, loader, metrics)
     if service is not None:
         slot.load(lambda: service, wrapper._set_serving)
 
@@ -423,6 +439,14 @@ def create_server(
         raise OSError(f"cannot listen on {address}: {exc}") from exc
     if bound == 0:
         raise OSError(f"cannot listen on {address}")
+    if metrics is not None:
+        try:
+            wrapper.metrics_port = metrics.serve_http(settings.metrics.listen)
+        except OSError as exc:
+            # Payments matter more than their metrics: serve on, and say so loudly.
+            log.error(
+                "metrics endpoint disabled: cannot listen on %s: %s", settings.metrics.listen, exc
+            )
     return wrapper, bound
 
 
@@ -441,6 +465,11 @@ def serve(settings: Settings, *, grace_s: float = DEFAULT_GRACE_S) -> None:
     try:
         server.start()
         log.info("facegate listening on %s", _address(settings.listen, port))
+        if server.metrics_port is not None:
+            log.info(
+                "metrics on http://%s/metrics",
+                _address(settings.metrics.listen, server.metrics_port),
+            )
         while not stop.wait(0.2):
             if server.load_error is not None:
                 break

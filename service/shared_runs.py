@@ -15,6 +15,7 @@ import numpy as np
 from index import Gallery, SearchResult
 from service.batching import MicroBatcher
 from service.pipeline.analyzer import FaceAnalyzer
+from service.pipeline.timing import EMBED, NO_TIMING, SEARCH, StageTimer
 from service.pipeline.types import FloatArray, UInt8Array
 
 
@@ -27,8 +28,16 @@ class _SearchJob:
 
 
 class SharedRuns:
-    def __init__(self, analyzer: FaceAnalyzer, *, window_ms: float, max_batch: int) -> None:
+    def __init__(
+        self,
+        analyzer: FaceAnalyzer,
+        *,
+        window_ms: float,
+        max_batch: int,
+        timer: StageTimer = NO_TIMING,
+    ) -> None:
         self._analyzer = analyzer
+        self._timer = timer
         self._dim = analyzer.embedding_dim
         self._embedder: MicroBatcher[UInt8Array, FloatArray] = MicroBatcher(
             self._embed_batch, window_ms=window_ms, max_batch=max_batch, name="embed"
@@ -64,7 +73,9 @@ class SharedRuns:
         self._searcher.close()
 
     def _embed_batch(self, chips: list[UInt8Array]) -> list[FloatArray]:
-        out = np.asarray(self._analyzer.embed_chips(np.stack(chips)), dtype=np.float32)
+        self._timer.batch(EMBED, len(chips))
+        with self._timer.stage(EMBED):
+            out = np.asarray(self._analyzer.embed_chips(np.stack(chips)), dtype=np.float32)
         if out.shape != (len(chips), self._dim) or not np.isfinite(out).all():
             raise RuntimeError(f"embedder returned shape {out.shape} or non-finite values")
         norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -73,8 +84,13 @@ class SharedRuns:
         # Re-normalise: the index checks norms to 1e-3, and a drifting model must not crash it.
         return list(np.ascontiguousarray(out / norms, dtype=np.float32))
 
+    def _search_batch(self, jobs: list[_SearchJob]) -> list[SearchResult]:
+        self._timer.batch(SEARCH, len(jobs))
+        with self._timer.stage(SEARCH):
+            return self._search_groups(jobs)
+
     @staticmethod
-    def _search_batch(jobs: list[_SearchJob]) -> list[SearchResult]:
+    def _search_groups(jobs: list[_SearchJob]) -> list[SearchResult]:
         out: list[SearchResult] = [SearchResult()] * len(jobs)
         groups: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.config import Settings
+from service.config import MetricsSettings, Settings
 from service.domain import (
     Candidate,
     CollectionInfo,
@@ -270,7 +270,12 @@ class FakeFaceService:
 
 
 def fake_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"listen": "127.0.0.1:0", "worker_threads": 8}
+    # No metrics endpoint: fake-engine tests need no port beyond the gRPC one.
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "worker_threads": 8,
+        "metrics": MetricsSettings(listen=""),
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -49,7 +49,13 @@ READY_TIMEOUT_S = 300.0
 
 def _settings(data_dir: Path, packs_dir: Path) -> Settings:
     # environ={} keeps the developer's FACEGATE_* variables out of the test.
-    return load_settings(environ={}, data_dir=data_dir, model_dir=packs_dir, listen="127.0.0.1:0")
+    return load_settings(
+        environ={},
+        data_dir=data_dir,
+        model_dir=packs_dir,
+        listen="127.0.0.1:0",
+        metrics={"listen": "127.0.0.1:0"},  # the real path, metrics on a free port
+    )
 
 
 def _start(settings: Settings) -> tuple[FaceGateServer, int]:

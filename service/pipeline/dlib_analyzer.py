@@ -7,7 +7,7 @@ that span stages (largest face first, L2-normalised embeddings).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from service.pipeline.align import extract_chips
 from service.pipeline.detect import MmodDetector
 from service.pipeline.embed import Embedder
 from service.pipeline.landmarks import ShapePredictor
+from service.pipeline.timing import DETECT, LANDMARKS, NO_TIMING, StageTimer
 from service.pipeline.types import DecodedImage, Detections, FloatArray, LocatedFaces, UInt8Array
 
 
@@ -77,6 +78,7 @@ class DlibAnalyzer:
     upsample: int = -1
     # Larger images are shrunk to this longer side for detection; 0 = never.
     detect_max_side: int = 1280
+    timer: StageTimer = field(default=NO_TIMING, compare=False)
 
     @classmethod
     def from_pack(
@@ -87,9 +89,11 @@ class DlibAnalyzer:
         threads: int = 1,
         upsample: int = -1,
         detect_max_side: int = 1280,
+        timer: StageTimer = NO_TIMING,
     ) -> DlibAnalyzer:
         files = manifest.files
         return cls(
+            timer=timer,
             upsample=upsample,
             detect_max_side=detect_max_side,
             manifest=manifest,
@@ -123,10 +127,11 @@ class DlibAnalyzer:
         return float(self.manifest.embedder["padding"])
 
     def locate(self, image: DecodedImage) -> LocatedFaces:
-        view, back = detection_view(image.rgb, self.detect_max_side)
-        found = self.detector.detect(
-            view, upsample=choose_upsample(self.upsample, view.shape[0], view.shape[1])
-        )
+        with self.timer.stage(DETECT):
+            view, back = detection_view(image.rgb, self.detect_max_side)
+            found = self.detector.detect(
+                view, upsample=choose_upsample(self.upsample, view.shape[0], view.shape[1])
+            )
         if back != 1.0:
             found = Detections(
                 boxes=np.round(found.boxes * np.float32(back)).astype(np.float32),
@@ -135,7 +140,8 @@ class DlibAnalyzer:
         order = order_largest_first(found.boxes)
         boxes = np.ascontiguousarray(found.boxes[order])
         scores = np.ascontiguousarray(found.scores[order])
-        landmarks = self.landmarker.predict(image.rgb, boxes)
+        with self.timer.stage(LANDMARKS):
+            landmarks = self.landmarker.predict(image.rgb, boxes)
         return LocatedFaces(boxes=boxes, scores=scores, landmarks=landmarks)
 
     def align(self, image: DecodedImage, faces: LocatedFaces) -> UInt8Array:
@@ -150,7 +156,7 @@ class DlibAnalyzer:
 _build_lock = threading.Lock()
 
 
-def build_default_analyzer(settings: Settings) -> DlibAnalyzer:
+def build_default_analyzer(settings: Settings, *, timer: StageTimer = NO_TIMING) -> DlibAnalyzer:
     """Prepare the default pack on first use (seconds), verify it, and load its models."""
     with _build_lock:
         pack_dir, manifest = ensure_default_pack(settings.packs_dir)
@@ -160,4 +166,5 @@ def build_default_analyzer(settings: Settings) -> DlibAnalyzer:
         threads=settings.model_threads,
         upsample=settings.detector_upsample,
         detect_max_side=settings.detect_max_side,
+        timer=timer,
     )
