@@ -198,22 +198,7 @@ class AuditLog:
 
     def prune(self) -> list[Path]:
         """Delete the day files whose whole day lies before the retention window."""
-        if self.retention_days == 0:
-            return []
-        cutoff = self._clock() - self.retention_days * _DAY_S
-        removed = []
-        for day, path in day_files(self.directory):
-            day_end = dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() + _DAY_S
-            if day_end <= cutoff:
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        if removed:
-            log.info(
-                "audit log: removed %d day file(s) older than %d days",
-                len(removed),
-                self.retention_days,
-            )
-        return removed
+        return prune_days(self.directory, self.retention_days, self._clock())
 
     def close(self) -> None:
         with self._lock:
@@ -233,6 +218,30 @@ class AuditLog:
         self._fd_day = day
         self.prune()  # a new day: the oldest one may have left the window
         return self._fd
+
+
+def prune_days(directory: Path, retention_days: int, now: float) -> list[Path]:
+    """Delete the day files of ``directory`` that end at or before ``now - retention_days``
+    (so every record younger than the window stays); 0 days keeps everything."""
+    if retention_days < 0:
+        raise InvalidArgument(
+            f"audit retention_days must be >= 0, not {retention_days}",
+            metadata={"field": "audit.retention_days"},
+        )
+    if retention_days == 0:
+        return []
+    cutoff = now - retention_days * _DAY_S
+    removed = []
+    for day, path in day_files(directory):
+        day_end = dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() + _DAY_S
+        if day_end <= cutoff:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info(
+            "audit log: removed %d day file(s) older than %d days", len(removed), retention_days
+        )
+    return removed
 
 
 def _end_torn_line(fd: int) -> None:

@@ -41,7 +41,12 @@ from service.errors import FacegateError, InvalidArgument
 
 EXIT_OK, EXIT_REMOTE, EXIT_USAGE = 0, 1, 2
 # Subcommands other modules add (``register(subparsers)``), when they are installed.
-PLUGIN_MODULES = ("service.cli_models", "service.cli_embed", "service.cli_auth")
+PLUGIN_MODULES = (
+    "service.cli_models",
+    "service.cli_embed",
+    "service.cli_auth",
+    "service.cli_audit",
+)
 
 Command = Callable[[argparse.Namespace], int]
 
