@@ -214,7 +214,7 @@ class AuditLog:
             os.close(self._fd)
             self._fd = None
         path = day_file(self.directory, day)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._fd_day = day
         self.prune()  # a new day: the oldest one may have left the window
         return self._fd
