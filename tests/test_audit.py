@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -324,7 +325,7 @@ def test_concurrent_writers_never_interleave_lines(tmp_path: Path) -> None:
     def write(i: int) -> None:
         target = log if i % 2 else other
         for j in range(per_thread):
-            target.write(_event(_now(), action="verify", uid=f"t{i}-{j}-" + "y" * 150))
+            target.write(_event(time.time(), action="verify", uid=f"t{i}-{j}-" + "y" * 150))
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(n_threads)]
     for t in threads:
@@ -341,12 +342,6 @@ def test_concurrent_writers_never_interleave_lines(tmp_path: Path) -> None:
     assert len({e.id for e in events}) == len(events)
     uids = {e.uid for e in events}
     assert f"t5-{per_thread - 1}-" + "y" * 150 in uids and f"p{in_process - 1}-" + "x" * 150 in uids
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 # ------------------------------------------------------------------ settings and CLI
