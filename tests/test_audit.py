@@ -394,3 +394,45 @@ def test_cli_shows_and_filters_records(
     assert cli_main([*base, "--since", "yesterday"]) == 2
     assert cli_main(["audit", "prune", "--dir", str(settings.audit_dir)]) == 0
     assert "0 day file(s) removed" in capsys.readouterr().out
+
+
+def test_records_name_the_authenticated_key_through_a_real_server(tmp_path: Path) -> None:
+    """The auth interceptor binds the principal; the audited engine behind it records it."""
+    from grpc_fakes import fake_settings
+
+    from service.auth_keys import add_key
+    from service.client import FaceGateClient
+    from service.config import AuthSettings
+    from service.grpc_server import create_server
+
+    keys = tmp_path / "keys.toml"
+    root, _ = add_key(keys, "root", "admin")
+    desk, _ = add_key(keys, "desk-1", "enroller", ["shop"])
+    till, _ = add_key(keys, "till-7", "terminal", ["shop"])
+    settings = fake_settings(data_dir=tmp_path / "data", auth=AuthSettings(keys_file=keys))
+    server, port = create_server(
+        settings, loader=lambda: build_served_service(settings, analyzer=FakeAnalyzer()), port=0
+    )
+    server.start()
+    try:
+        assert server.wait_ready(60)
+        target = f"127.0.0.1:{port}"
+        with FaceGateClient(target, api_key=root) as c:
+            c.create_collection(CollectionSpec("shop"))
+        with FaceGateClient(target, api_key=desk) as c:
+            c.enroll(EnrollRequest("shop", "alice", [face_png(ALICE)], phone_number=PHONE))
+        with FaceGateClient(target, api_key=till) as c:
+            c.identify(IdentifyRequest("shop", face_png(ALICE, 1)))
+            with pytest.raises(NoFace):
+                c.identify(IdentifyRequest("shop", no_face_png()))
+    finally:
+        server.stop(None).wait(30)
+    got = [(e.action, e.key_id, e.role, e.outcome, e.decision) for e in records(settings)]
+    assert got == [
+        ("create_collection", "root", "admin", "ok", None),
+        ("enroll", "desk-1", "enroller", "ok", "CREATED"),
+        ("identify", "till-7", "terminal", "ok", "MATCH"),
+        ("identify", "till-7", "terminal", "refused", None),
+    ]
+    text = "\n".join(raw_lines(settings))
+    assert root not in text and desk not in text and till not in text  # ids, never keys
