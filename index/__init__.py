@@ -15,7 +15,7 @@ from index.errors import (
 )
 from index.gallery import Gallery
 from index.results import SearchResult
-from index.snapshot import read_snapshot, write_snapshot
+from index.snapshot import SnapshotCodec, read_snapshot, write_snapshot
 
 __all__ = [
     "DimensionMismatch",
@@ -26,6 +26,7 @@ __all__ = [
     "IndexKind",
     "InvalidVectors",
     "SearchResult",
+    "SnapshotCodec",
     "SnapshotCorrupt",
     "UnknownId",
     "read_snapshot",

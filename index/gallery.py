@@ -26,7 +26,7 @@ from index.config import IndexConfig, IndexKind
 from index.errors import DuplicateId, InvalidVectors, SnapshotCorrupt, UnknownId
 from index.results import SMALL_CANDIDATES, SearchResult, best_per_uid, best_per_uid_small
 from index.rwlock import RWLock
-from index.snapshot import SnapshotData, read_snapshot, write_snapshot
+from index.snapshot import SnapshotCodec, SnapshotData, read_snapshot, write_snapshot
 from index.threads import configure_faiss, omp_threads
 from index.validation import (
     F32Array,
@@ -261,14 +261,19 @@ class Gallery:
 
     # ------------------------------------------------------------ persistence
 
-    def snapshot(self, path: Path | str, sequence: int) -> None:
-        """Write an atomic, checksummed snapshot that includes store `sequence`."""
-        write_snapshot(Path(path), self, sequence)
+    def snapshot(
+        self, path: Path | str, sequence: int, *, codec: SnapshotCodec | None = None
+    ) -> None:
+        """Write an atomic, checksummed snapshot that includes store `sequence`
+        (its bytes wrapped by `codec`, e.g. encrypted, when given)."""
+        write_snapshot(Path(path), self, sequence, codec)
 
     @classmethod
-    def load(cls, path: Path | str) -> tuple[Gallery, int]:
+    def load(
+        cls, path: Path | str, *, codec: SnapshotCodec | None = None
+    ) -> tuple[Gallery, int]:
         """Load a snapshot; returns (gallery, sequence). Raises SnapshotCorrupt."""
-        return read_snapshot(Path(path))
+        return read_snapshot(Path(path), codec)
 
     def _export(self, sequence: int) -> SnapshotData:
         """Consistent copy of the state for a snapshot (taken under the read lock,

@@ -15,6 +15,11 @@ over the target, fsync the directory. A crash at any point leaves either the
 old file or the new one, never a mix; leftover temp files of dead writers are
 removed by the next write. Reading verifies magic, length and checksum before
 parsing anything, so a torn or corrupted file raises :class:`SnapshotCorrupt`.
+
+Encryption at rest is the caller's: an optional :class:`SnapshotCodec` wraps the bytes on
+their way to and from the file (the service seals them with AES-GCM). This module stays
+free of keys; the layout above is then the codec's plaintext, checksum included, and the
+atomic write and the :class:`SnapshotCorrupt` contract are unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -64,11 +69,31 @@ class SnapshotData:
     accel_trained_size: int
 
 
+class ByteSink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
+class SealedWriter(ByteSink, Protocol):
+    def finish(self) -> None:
+        """Write whatever the wrapping still holds back (final block, tag)."""
+
+
+class SnapshotCodec(Protocol):
+    """Bytes-level wrapping of a snapshot file (e.g. authenticated encryption)."""
+
+    def writer(self, out: IO[bytes]) -> SealedWriter:
+        """A sink that transforms what ``encode`` writes and passes it to ``out``."""
+
+    def read(self, f: IO[bytes], size: int, where: str) -> bytes | bytearray:
+        """The plaintext of the ``size``-byte file ``f``; SnapshotCorrupt when it cannot
+        be unwrapped (wrong key, altered or truncated file)."""
+
+
 def _pad(n: int) -> int:
     return (-n) % _ALIGN
 
 
-def encode(data: SnapshotData, out: IO[bytes]) -> None:
+def encode(data: SnapshotData, out: ByteSink) -> None:
     """Stream `data` in the snapshot format to `out`, checksumming as it goes."""
     arrays: dict[str, np.ndarray] = {
         "vectors": data.vectors,
@@ -217,14 +242,19 @@ def _remove_stale_temps(path: Path) -> None:
             pass  # alive, owned by someone else
 
 
-def write_data(path: Path, data: SnapshotData) -> None:
-    """serialize -> temp file -> fsync -> rename -> fsync directory."""
+def write_data(path: Path, data: SnapshotData, codec: SnapshotCodec | None = None) -> None:
+    """serialize (through ``codec``) -> temp file -> fsync -> rename -> fsync directory."""
     path = Path(path)
     _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     try:
         with open(tmp, "xb") as f:
-            encode(data, f)
+            if codec is None:
+                encode(data, f)
+            else:
+                sink = codec.writer(f)
+                encode(data, sink)
+                sink.finish()
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -235,11 +265,19 @@ def write_data(path: Path, data: SnapshotData) -> None:
     _fsync_dir(path.parent)
 
 
-def read_data(path: Path) -> SnapshotData:
+def read_data(path: Path, codec: SnapshotCodec | None = None) -> SnapshotData:
     """Read and verify a snapshot file. Missing file -> FileNotFoundError."""
     path = Path(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        if codec is not None:
+            try:
+                plain = codec.read(f, size, str(path))
+            except (SnapshotCorrupt, OSError):
+                raise
+            except Exception as exc:
+                raise SnapshotCorrupt(f"{path}: cannot unwrap: {exc}") from exc
+            return decode(plain, str(path))
         buf = bytearray(size)
         got = f.readinto(buf)
     if got != size:
@@ -247,18 +285,22 @@ def read_data(path: Path) -> SnapshotData:
     return decode(buf, str(path))
 
 
-def write_snapshot(path: Path | str, gallery: Gallery, sequence: int) -> None:
+def write_snapshot(
+    path: Path | str, gallery: Gallery, sequence: int, codec: SnapshotCodec | None = None
+) -> None:
     """Snapshot `gallery` to `path`, recording store `sequence` (>= 0)."""
     if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
         raise InvalidVectors(f"sequence must be a non-negative int, got {sequence!r}")
-    write_data(Path(path), gallery._export(sequence))
+    write_data(Path(path), gallery._export(sequence), codec)
 
 
-def read_snapshot(path: Path | str) -> tuple[Gallery, int]:
-    """Load a snapshot written by write_snapshot: (gallery, sequence)."""
+def read_snapshot(
+    path: Path | str, codec: SnapshotCodec | None = None
+) -> tuple[Gallery, int]:
+    """Load a snapshot written by write_snapshot (with the same codec): (gallery, sequence)."""
     from index.gallery import Gallery
 
-    data = read_data(Path(path))
+    data = read_data(Path(path), codec)
     try:
         gallery = Gallery._from_data(data)
     except SnapshotCorrupt:
@@ -269,6 +311,9 @@ def read_snapshot(path: Path | str) -> tuple[Gallery, int]:
 
 
 __all__ = [
+    "ByteSink",
+    "SealedWriter",
+    "SnapshotCodec",
     "SnapshotData",
     "decode",
     "encode",

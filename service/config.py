@@ -75,6 +75,20 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CryptoSettings:
+    """``[crypto]``: keys for templates and snapshots at rest (see ``service.data_keys``)."""
+
+    # The key itself (base64 or hex of 32 bytes); meant for FACEGATE_CRYPTO_KEY.
+    key: str | None = field(default=None, repr=False)
+    # A file holding the key. Neither set: <data_dir>/template.key, created on first start.
+    key_file: Path | None = None
+    # An older key still accepted for reading while `facegate crypto rotate-key` runs.
+    previous_key_file: Path | None = None
+    # Master secret of revocable collections' transforms; default <data_dir>/transform.key.
+    transform_key_file: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
     data_dir: Path = field(default_factory=default_data_dir)
@@ -104,6 +118,7 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    crypto: CryptoSettings = field(default_factory=CryptoSettings)
 
     @property
     def packs_dir(self) -> Path:

@@ -25,6 +25,8 @@ status codes in exactly one place (``service.grpc_errors``) and attaches ``reaso
     ├── ProbeTokenInvalid                reason PROBE_TOKEN_INVALID (expired/unknown)
     ├── Overloaded                       RESOURCE_EXHAUSTED, reason OVERLOADED
     ├── ModelPackError                   FAILED_PRECONDITION, reason MODEL_PACK_INVALID
+    ├── DataKeyError                     FAILED_PRECONDITION, reason DATA_KEY_INVALID
+    ├── TemplateUnreadable               DATA_LOSS, reason TEMPLATE_UNREADABLE
     ├── Unauthenticated                  UNAUTHENTICATED (who is calling is unknown)
     │   ├── ApiKeyMissing                reason API_KEY_MISSING
     │   └── ApiKeyInvalid                reason API_KEY_INVALID
@@ -157,3 +159,17 @@ class RoleDenied(PermissionDenied):
 
 class CollectionDenied(PermissionDenied):
     reason = "COLLECTION_DENIED"
+
+
+class DataKeyError(FacegateError):
+    """A template/snapshot encryption key is missing, unreadable or not the one the data
+    was sealed with (raised at start-up and by the key commands)."""
+
+    reason = "DATA_KEY_INVALID"
+
+
+class TemplateUnreadable(FacegateError):
+    """A stored template failed authenticated decryption: the row was altered, or swapped
+    with another row (its face id, collection, uid and model are bound to the ciphertext)."""
+
+    reason = "TEMPLATE_UNREADABLE"

@@ -13,6 +13,8 @@ carry a ``google.rpc.ErrorInfo(reason, domain="facegate", metadata)``:
     ModelPackError                                                    FAILED_PRECONDITION
     Unauthenticated (ApiKeyMissing, ApiKeyInvalid)                    UNAUTHENTICATED
     PermissionDenied (RoleDenied, CollectionDenied)                   PERMISSION_DENIED
+    DataKeyError                                                      FAILED_PRECONDITION
+    TemplateUnreadable (an altered or swapped stored row)             DATA_LOSS
     ServiceNotReady (models still loading)                            UNAVAILABLE
     DeadlineExceeded, builtin TimeoutError                            DEADLINE_EXCEEDED
     any other FacegateError                                           INTERNAL (its message)
@@ -89,6 +91,8 @@ _CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.ModelPackError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.DataKeyError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.TemplateUnreadable: grpc.StatusCode.DATA_LOSS,
     ServiceNotReady: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,

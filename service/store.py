@@ -8,26 +8,38 @@
 * Face ids come from ``AUTOINCREMENT`` and are never reused, so a face id always means the
   same face and replaying the log can be a plain set reconciliation.
 
-All of facegate's schema and queries live here (connection PRAGMAs in ``store_db``).
-Template bytes are produced and read only by ``_encode_template`` / ``_decode_template``
-(the one spot where encryption at rest goes).
+All of facegate's schema and queries live here (connection PRAGMAs in ``store_db``; the
+whole-table passes of encryption maintenance in ``store_crypto``).
+Template bytes are produced and read only by ``_encode_template`` / ``_decode_template``:
+AES-GCM under the keyring's primary key (``service.template_crypto``) with the row's face
+id, collection, uid, model and transform generation bound as associated data, and the key
+id in ``faces.key_id``. A row that fails to open is reported (logged once, counted in
+``unreadable_templates()``) and left out: it is never matched against.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from service.errors import CollectionExists, UnknownCollection, UnknownUser, UserExists
+from service.data_keys import directory_keyring
+from service.errors import (
+    CollectionExists,
+    TemplateUnreadable,
+    UnknownCollection,
+    UnknownUser,
+    UserExists,
+)
 from service.pipeline.types import FloatArray
-from service.store_db import SqliteDb, StoreVersionError
+from service.store_db import SqliteDb, StoreLock, StoreVersionError
 from service.store_rows import (
     ChangesSince,
     CollectionRow,
@@ -37,6 +49,10 @@ from service.store_rows import (
     NewFace,
     UserRow,
 )
+from service.template_crypto import TemplateCipher, TemplateLabel
+from service.template_transform import SALT_BYTES
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -50,7 +66,7 @@ __all__ = [
     "UserRow",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE collections (
@@ -61,7 +77,8 @@ CREATE TABLE collections (
     margin              REAL NOT NULL,
     hint_required_above INTEGER NOT NULL,
     model_id            TEXT NOT NULL,
-    created_at          REAL NOT NULL
+    created_at          REAL NOT NULL,
+    transform_gen       INTEGER NOT NULL DEFAULT 0  -- revocable templates: 0 = off
 );
 CREATE TABLE users (
     collection   TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
@@ -87,6 +104,8 @@ CREATE TABLE faces (
     det_score     REAL NOT NULL,
     inter_eye_px  REAL NOT NULL,
     created_at    REAL NOT NULL,
+    key_id        TEXT,  -- the data key that sealed template (NULL: a v1 plaintext row)
+    transform_gen INTEGER NOT NULL DEFAULT 0,
     FOREIGN KEY (collection, uid) REFERENCES users(collection, uid) ON DELETE CASCADE
 );
 CREATE INDEX faces_by_user ON faces(collection, uid);
@@ -99,32 +118,124 @@ CREATE TABLE changes (
 CREATE INDEX changes_by_collection ON changes(collection_id, seq);
 """
 
+# Encryption bookkeeping (schema version 2). Key ids only; key material never lives here.
+_CRYPTO_SCHEMA = """
+CREATE INDEX faces_by_key ON faces(key_id);
+CREATE TABLE data_keys (
+    key_id   TEXT PRIMARY KEY,  -- every key that has sealed rows: its absence at start is an
+    added_at REAL NOT NULL      -- error (wrong/missing key), not a per-row integrity failure
+);
+CREATE TABLE crypto_state (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE transform_keys (
+    collection_id INTEGER NOT NULL,
+    generation    INTEGER NOT NULL,
+    salt          BLOB NOT NULL,
+    PRIMARY KEY (collection_id, generation)
+);
+"""
+_SCHEMA += _CRYPTO_SCHEMA + "INSERT INTO crypto_state VALUES ('plaintext_migrated', '1');"
+_UPGRADES = {
+    # 1 -> 2: templates sealed at rest. Existing rows keep key_id NULL (plaintext) until
+    # store_crypto.seal_plaintext_rows seals them, on the first start that has a key.
+    1: """
+ALTER TABLE collections ADD COLUMN transform_gen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE faces ADD COLUMN key_id TEXT;
+ALTER TABLE faces ADD COLUMN transform_gen INTEGER NOT NULL DEFAULT 0;
+"""
+    + _CRYPTO_SCHEMA,
+}
 
-def _encode_template(template: FloatArray) -> bytes:
-    return np.ascontiguousarray(template, dtype="<f4").tobytes()
+
+def _encode_template(
+    cipher: TemplateCipher, template: FloatArray, label: TemplateLabel
+) -> tuple[str, bytes]:
+    """(key id, sealed bytes) for the row ``label`` names."""
+    return cipher.seal(template, label)
 
 
-def _decode_template(blob: bytes) -> FloatArray:
-    if len(blob) % 4:
-        raise ValueError(f"stored template has {len(blob)} bytes, not a float32 vector")
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+def _decode_template(
+    cipher: TemplateCipher, key_id: str | None, blob: bytes, label: TemplateLabel
+) -> FloatArray:
+    """The template, or TemplateUnreadable (altered, swapped, or under an unknown key)."""
+    return cipher.open(key_id, blob, label)
 
 
 class Store:
-    """SQLite store. Thread-safe; open once per process and share."""
+    """SQLite store. Thread-safe; open once per process and share.
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
+    ``cipher`` seals and opens templates; by default the key is ``template.key`` beside the
+    database (created on first use), which is also the service's default. ``exclusive``
+    (key maintenance) refuses to open while any other process has the store open.
+    Opening checks that every key that has sealed rows is in the keyring (else
+    ``DataKeyError``) and seals any rows left in plaintext by schema version 1.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        cipher: TemplateCipher | None = None,
+        busy_timeout_ms: int = 10_000,
+        exclusive: bool = False,
+    ) -> None:
+        from service import store_crypto
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = SqliteDb(self.path, busy_timeout_ms=busy_timeout_ms)
+        self._lock = StoreLock(self.path, exclusive=exclusive)
+        self.cipher = cipher or TemplateCipher(directory_keyring(self.path.parent))
+        self._unreadable: dict[int, TemplateUnreadable] = {}
+        self._unreadable_lock = threading.Lock()
         try:
-            self._db.migrate(_SCHEMA, SCHEMA_VERSION)
+            self._db = SqliteDb(self.path, busy_timeout_ms=busy_timeout_ms)
         except BaseException:
-            self._db.close()
+            self._lock.release()
+            raise
+        try:
+            self._db.migrate(_SCHEMA, SCHEMA_VERSION, _UPGRADES)
+            store_crypto.check_keys(self)
+            store_crypto.seal_plaintext_rows(self)
+        except BaseException:
+            self.close()
             raise
 
     def close(self) -> None:
         self._db.close()
+        self._lock.release()
+
+    # ----------------------------------------------------------- sealed templates
+
+    def _seal(self, template: FloatArray, label: TemplateLabel) -> tuple[str, bytes]:
+        return _encode_template(self.cipher, template, label)
+
+    def _open(self, key_id: str | None, blob: bytes, label: TemplateLabel) -> FloatArray | None:
+        """The template, or None after reporting why it cannot be trusted."""
+        try:
+            return _decode_template(self.cipher, key_id, blob, label)
+        except TemplateUnreadable as exc:
+            self._report(exc, label)
+            return None
+
+    def _report(self, exc: TemplateUnreadable, label: TemplateLabel) -> None:
+        with self._unreadable_lock:
+            first = label.face_id not in self._unreadable
+            self._unreadable[label.face_id] = exc
+        if first:
+            log.error(
+                "collection %r uid %r: %s; the face is excluded from matching (delete the"
+                " user and enrol again, or restore the row from a backup)",
+                label.collection,
+                label.uid,
+                exc.message,
+            )
+
+    def unreadable_templates(self) -> dict[int, TemplateUnreadable]:
+        """Faces whose templates failed to open since the store was opened, by face id."""
+        with self._unreadable_lock:
+            return dict(self._unreadable)
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._db.transaction()
@@ -150,21 +261,32 @@ class Store:
         margin: float,
         hint_required_above: int,
         model_id: str,
+        revocable: bool = False,
     ) -> CollectionRow:
+        """``revocable``: templates go through the collection's secret transform, whose
+        generation 1 salt is drawn here (see ``service.template_transform``)."""
         now = time.time()
+        gen = 1 if revocable else 0
         try:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO collections (name, kind, threshold, margin, hint_required_above,"
-                    " model_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, kind, threshold, margin, hint_required_above, model_id, now),
+                    " model_id, created_at, transform_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, kind, threshold, margin, hint_required_above, model_id, now, gen),
                 )
                 cid = int(cur.lastrowid or 0)
+                if revocable:
+                    db.execute(
+                        "INSERT INTO transform_keys VALUES (?, ?, ?)",
+                        (cid, gen, os.urandom(SALT_BYTES)),
+                    )
         except sqlite3.IntegrityError as exc:
             raise CollectionExists(
                 f"collection {name!r} already exists", metadata={"collection": name}
             ) from exc
-        return CollectionRow(cid, name, kind, threshold, margin, hint_required_above, model_id, now)
+        return CollectionRow(
+            cid, name, kind, threshold, margin, hint_required_above, model_id, now, gen
+        )
 
     def delete_collection(self, name: str) -> int:
         """Delete the collection with its users, faces and change log. Returns faces removed."""
@@ -177,6 +299,7 @@ class Store:
             db.execute("DELETE FROM faces WHERE collection = ?", (name,))
             db.execute("DELETE FROM users WHERE collection = ?", (name,))
             db.execute("DELETE FROM changes WHERE collection_id = ?", (row[0],))
+            db.execute("DELETE FROM transform_keys WHERE collection_id = ?", (row[0],))
             db.execute("DELETE FROM collections WHERE id = ?", (row[0],))
         return n
 
@@ -221,10 +344,12 @@ class Store:
         """
         now = time.time()
         with self._tx() as db:
-            coll = db.execute("SELECT id FROM collections WHERE name = ?", (collection,)).fetchone()
+            coll = db.execute(
+                "SELECT id, transform_gen FROM collections WHERE name = ?", (collection,)
+            ).fetchone()
             if coll is None:
                 raise _unknown_collection(collection)
-            cid = int(coll[0])
+            cid, gen = int(coll[0]), int(coll[1])
             user = db.execute(
                 "SELECT phone_hash, phone_bucket FROM users WHERE collection = ? AND uid = ?",
                 (collection, uid),
@@ -279,6 +404,7 @@ class Store:
                     model_id=model_id,
                     face=face,
                     now=now,
+                    gen=gen,
                 )
                 new_ids.append(fid)
                 added.append(FaceRow(fid, uid, face.template, bucket, face.image_digest))
@@ -298,10 +424,12 @@ class Store:
         """
         now = time.time()
         with self._tx() as db:
-            coll = db.execute("SELECT id FROM collections WHERE name = ?", (collection,)).fetchone()
+            coll = db.execute(
+                "SELECT id, transform_gen FROM collections WHERE name = ?", (collection,)
+            ).fetchone()
             if coll is None:
                 raise _unknown_collection(collection)
-            cid = int(coll[0])
+            cid, gen = int(coll[0]), int(coll[1])
             uids = [u.uid for u in users]
             for start in range(0, len(uids), 500):  # SQLite's bound-parameter limit
                 chunk = uids[start : start + 500]
@@ -334,24 +462,23 @@ class Store:
             )
             # Batched inserts (one statement each for faces and the change log) keep a
             # 10,000-template import to a fraction of a second. AUTOINCREMENT ids only grow and
-            # nobody else writes inside this transaction, so the new faces are exactly those
-            # above the sequence's old value, in insertion (= request) order.
-            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'faces'").fetchone()
-            before = int(seq[0]) if seq is not None else 0
+            # nobody else writes inside this transaction, so the ids after the sequence's
+            # current value are free; they are assigned up front because each template's
+            # associated data binds its face id.
+            before = _face_sequence(db)
+            ids = list(range(before + 1, before + 1 + len(users)))
+            rows = []
+            for fid, u in zip(ids, users, strict=True):
+                label = TemplateLabel(fid, collection, u.uid, model_id, gen)
+                key_id, blob = self._seal(u.template, label)
+                rows.append((fid, collection, u.uid, model_id, blob, now, key_id, gen))
             db.executemany(
-                "INSERT INTO faces (collection, uid, model_id, template, image_digest, box_left,"
-                " box_top, box_right, box_bottom, det_score, inter_eye_px, created_at)"
-                " VALUES (?, ?, ?, ?, '', 0, 0, 0, 0, 0, 0, ?)",  # no image, no box
-                [(collection, u.uid, model_id, _encode_template(u.template), now) for u in users],
+                "INSERT INTO faces (face_id, collection, uid, model_id, template, image_digest,"
+                " box_left, box_top, box_right, box_bottom, det_score, inter_eye_px, created_at,"
+                " key_id, transform_gen)"
+                " VALUES (?, ?, ?, ?, ?, '', 0, 0, 0, 0, 0, 0, ?, ?, ?)",  # no image, no box
+                rows,
             )
-            ids = [
-                int(r[0])
-                for r in db.execute(
-                    "SELECT face_id FROM faces WHERE face_id > ? ORDER BY face_id", (before,)
-                )
-            ]
-            if len(ids) != len(users):  # would mean a broken invariant, never a bad request
-                raise RuntimeError(f"imported {len(users)} faces but found {len(ids)} new ids")
             db.executemany(
                 "INSERT INTO changes (collection_id, op, face_id) VALUES (?, 'add', ?)",
                 [(cid, fid) for fid in ids],
@@ -371,24 +498,29 @@ class Store:
         model_id: str,
         face: NewFace,
         now: float,
+        gen: int,
     ) -> int:
-        cur = db.execute(
-            "INSERT INTO faces (collection, uid, model_id, template, image_digest, box_left,"
-            " box_top, box_right, box_bottom, det_score, inter_eye_px, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        fid = _face_sequence(db) + 1  # assigned first: the ciphertext is bound to it
+        key_id, blob = self._seal(face.template, TemplateLabel(fid, collection, uid, model_id, gen))
+        db.execute(
+            "INSERT INTO faces (face_id, collection, uid, model_id, template, image_digest,"
+            " box_left, box_top, box_right, box_bottom, det_score, inter_eye_px, created_at,"
+            " key_id, transform_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                fid,
                 collection,
                 uid,
                 model_id,
-                _encode_template(face.template),
+                blob,
                 face.image_digest,
                 *face.box,
                 face.det_score,
                 face.inter_eye_px,
                 now,
+                key_id,
+                gen,
             ),
         )
-        fid = int(cur.lastrowid or 0)
         db.execute(
             "INSERT INTO changes (collection_id, op, face_id) VALUES (?, 'add', ?)", (cid, fid)
         )
@@ -400,17 +532,35 @@ class Store:
         """Re-insert the user's faces under fresh ids (their bucket changes)."""
         rows = db.execute(
             "SELECT face_id, model_id, template, image_digest, box_left, box_top, box_right,"
-            " box_bottom, det_score, inter_eye_px, created_at FROM faces"
+            " box_bottom, det_score, inter_eye_px, created_at, key_id, transform_gen FROM faces"
             " WHERE collection = ? AND uid = ? ORDER BY face_id",
             (collection, uid),
         ).fetchall()
         moved: list[FaceRow] = []
         removed: list[int] = []
         for r in rows:
-            template = _decode_template(r[2])
+            label = TemplateLabel(int(r[0]), collection, uid, str(r[1]), int(r[12]))
+            try:
+                # Re-sealed under its new face id, so it must open first: a row that does not
+                # is refused rather than silently re-sealed (that would launder the tampering).
+                template = _decode_template(self.cipher, r[11], r[2], label)
+            except TemplateUnreadable as exc:
+                self._report(exc, label)
+                raise TemplateUnreadable(
+                    f"{exc.message}; the user's phone number cannot change until the user is"
+                    " deleted and enrolled again",
+                    metadata=exc.metadata,
+                ) from exc
             face = NewFace(template, r[3], (r[4], r[5], r[6], r[7]), r[8], r[9])
             fid = self._insert_face(
-                db, cid=cid, collection=collection, uid=uid, model_id=r[1], face=face, now=r[10]
+                db,
+                cid=cid,
+                collection=collection,
+                uid=uid,
+                model_id=r[1],
+                face=face,
+                now=r[10],
+                gen=int(r[12]),
             )
             self._delete_face(db, cid, int(r[0]))
             moved.append(FaceRow(fid, uid, template, bucket, r[3]))
@@ -463,7 +613,17 @@ class Store:
             _FACE_SELECT + " WHERE f.collection = ? AND f.uid = ? ORDER BY f.face_id",
             (collection, uid),
         )
-        return [_face_row(r) for r in rows]
+        return self._face_rows(rows)
+
+    def _face_rows(self, rows: list[tuple[Any, ...]]) -> list[FaceRow]:
+        """Rows of ``_FACE_SELECT`` whose templates open; the others are reported, left out."""
+        out: list[FaceRow] = []
+        for r in rows:
+            label = TemplateLabel(int(r[0]), str(r[5]), str(r[1]), str(r[6]), int(r[8]))
+            template = self._open(r[7], r[2], label)
+            if template is not None:
+                out.append(FaceRow(label.face_id, label.uid, template, r[3], str(r[4])))
+        return out
 
     # ------------------------------------------------------- index restore support
 
@@ -480,7 +640,7 @@ class Store:
             )
             if not rows:
                 return
-            yield [_face_row(r) for r in rows]
+            yield self._face_rows(rows)
             last = int(rows[-1][0])
 
     def faces_by_id(self, face_ids: Sequence[int], model_id: str) -> list[FaceRow]:
@@ -495,7 +655,7 @@ class Store:
                 " ORDER BY f.face_id",
                 (model_id, *chunk),
             )
-            out.extend(_face_row(r) for r in rows)
+            out.extend(self._face_rows(rows))
         return out
 
     def sequence(self) -> int:
@@ -522,11 +682,12 @@ class Store:
 
 
 _COLLECTION_SELECT = (
-    "SELECT id, name, kind, threshold, margin, hint_required_above, model_id, created_at"
-    " FROM collections"
+    "SELECT id, name, kind, threshold, margin, hint_required_above, model_id, created_at,"
+    " transform_gen FROM collections"
 )
 _FACE_SELECT = (
-    "SELECT f.face_id, f.uid, f.template, u.phone_bucket, f.image_digest FROM faces f"
+    "SELECT f.face_id, f.uid, f.template, u.phone_bucket, f.image_digest, f.collection,"
+    " f.model_id, f.key_id, f.transform_gen FROM faces f"
     " JOIN users u ON u.collection = f.collection AND u.uid = f.uid"
 )
 _USER_SELECT = (
@@ -536,8 +697,10 @@ _USER_SELECT = (
 )
 
 
-def _face_row(r: tuple[Any, ...]) -> FaceRow:
-    return FaceRow(int(r[0]), str(r[1]), _decode_template(r[2]), r[3], str(r[4]))
+def _face_sequence(db: sqlite3.Connection) -> int:
+    """The largest face id ever assigned (AUTOINCREMENT never hands out one below it)."""
+    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'faces'").fetchone()
+    return int(seq[0]) if seq is not None else 0
 
 
 def _user_row(r: tuple[Any, ...]) -> UserRow:

@@ -8,9 +8,11 @@ writer at a time anyway; a lock turns "database is locked" retries into an order
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,39 @@ from typing import Any
 
 class StoreVersionError(RuntimeError):
     """The database was written by a newer facegate (or is not a facegate store)."""
+
+
+class StoreInUse(RuntimeError):
+    """Maintenance needs the store to itself, or a server start found maintenance running."""
+
+
+class StoreLock:
+    """An advisory lock beside the database: every open store holds it shared; maintenance
+    that rewrites every row (key rotation) holds it exclusively, so it never runs under a
+    serving process whose keys or galleries it would invalidate. Released by close() or by
+    the process's death (flock), so a killed server never leaves it stale."""
+
+    def __init__(self, db_path: Path, *, exclusive: bool) -> None:
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            if exclusive:
+                raise StoreInUse(
+                    f"{db_path} is open in another process (a running facegate server?);"
+                    " stop it first"
+                ) from None
+            raise StoreInUse(
+                f"{db_path} is locked by maintenance (`facegate crypto ...`); wait for it"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 class SqliteDb:
@@ -81,8 +116,10 @@ class SqliteDb:
                     db.execute("ROLLBACK")
                 raise
 
-    def migrate(self, schema: str, version: int) -> None:
-        """Create the schema in an empty database; refuse newer or foreign databases."""
+    def migrate(self, schema: str, version: int, upgrades: Mapping[int, str]) -> int:
+        """Create the schema in an empty database, or upgrade an older one step by step
+        (``upgrades[v]`` takes version v to v+1); refuse newer or foreign databases.
+        Returns the version found (0 = created)."""
         with self._write_lock:
             found = int(self.writer.execute("PRAGMA user_version").fetchone()[0])
             if found > version:
@@ -90,23 +127,35 @@ class SqliteDb:
                     f"{self.path} has schema version {found}; this facegate knows up to {version}"
                 )
             if found == version:
-                return
+                return found
             tables = self.writer.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
             ).fetchone()[0]
             if found == 0 and tables:
                 raise StoreVersionError(f"{self.path} is not a facegate store")
-            # (Version 1 is the first; upgrades from older versions will go here.)
+            if found and any(v not in upgrades for v in range(found, version)):
+                raise StoreVersionError(f"{self.path}: no upgrade from schema version {found}")
+            scripts = [schema] if found == 0 else [upgrades[v] for v in range(found, version)]
             self.writer.execute("BEGIN IMMEDIATE")
             try:
-                for statement in schema.split(";"):
-                    if statement.strip():
-                        self.writer.execute(statement)
+                for script in scripts:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            self.writer.execute(statement)
                 self.writer.execute(f"PRAGMA user_version = {int(version)}")
                 self.writer.execute("COMMIT")
             except BaseException:
                 self.writer.execute("ROLLBACK")
                 raise
+            return found
+
+    def rewrite_file(self) -> None:
+        """Rebuild the database file (VACUUM) and empty the WAL, so that no old version of
+        a rewritten row survives in free pages or the log (e.g. plaintext templates)."""
+        with self._write_lock:
+            self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.writer.execute("VACUUM")
+            self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._write_lock:

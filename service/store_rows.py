@@ -18,6 +18,7 @@ class CollectionRow:
     hint_required_above: int
     model_id: str
     created_at: float
+    transform_gen: int = 0  # revocable templates: the secret transform's generation, 0 = off
 
 
 @dataclass(frozen=True, slots=True)
