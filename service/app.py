@@ -9,6 +9,7 @@ from index import Gallery, IndexConfig
 from service.audit import AuditLog
 from service.audited_service import AuditedService
 from service.config import Settings
+from service.data_keys import load_keyring
 from service.engine import FaceService
 from service.gallery_restore import remove_orphan_snapshots, restore
 from service.metrics import ServiceMetrics
@@ -16,6 +17,8 @@ from service.pipeline.analyzer import FaceAnalyzer
 from service.pipeline.timing import NO_TIMING, StageTimer
 from service.secrets_file import load_or_create_secret
 from service.store import Store
+from service.template_crypto import TemplateCipher
+from service.transform_rotation import finish_interrupted_reissues
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,12 @@ def build_service(
         analyzer = build_default_analyzer(settings, timer=timer)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(settings)
-    store = Store(settings.store_path)
+    keyring = load_keyring(settings)
+    store = Store(settings.store_path, cipher=TemplateCipher(keyring))
+    log.info("templates and snapshots are sealed with AES-256-GCM: %s", keyring.describe())
     try:
         config = IndexConfig()
+        finish_interrupted_reissues(store, settings)
         rows = store.list_collections()
         galleries: dict[str, Gallery] = {}
         for row in rows:
@@ -50,6 +56,14 @@ def build_service(
                     store, row, analyzer.embedding_dim, settings.snapshot_dir, config
                 )
         remove_orphan_snapshots(settings.snapshot_dir, rows)
+        unreadable = store.unreadable_templates()
+        if unreadable:
+            log.error(
+                "%d stored templates failed to decrypt (altered or swapped rows) and are not"
+                " matched against: face ids %s",
+                len(unreadable),
+                ", ".join(str(f) for f in sorted(unreadable)[:20]),
+            )
         return FaceService(
             settings, analyzer, store, galleries, secret, index_config=config, timer=timer
         )

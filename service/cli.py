@@ -46,6 +46,7 @@ PLUGIN_MODULES = (
     "service.cli_embed",
     "service.cli_auth",
     "service.cli_audit",
+    "service.cli_crypto",
 )
 
 Command = Callable[[argparse.Namespace], int]
@@ -140,6 +141,7 @@ def _collections_create(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         margin=args.margin,
         hint_required_above=args.hint_required_above,
+        revocable=args.revocable,
     )
     with _client(args) as client:
         info = client.create_collection(spec)
@@ -334,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--margin", type=float, help="default: the model pack's")
     create.add_argument(
         "--hint-required-above", type=int, help="users above which Identify needs a hint"
+    )
+    create.add_argument(
+        "--revocable",
+        action="store_true",
+        help="store templates under a secret per-collection transform that can be re-issued",
     )
     create.set_defaults(func=_collections_create)
     delete = coll_sub.add_parser("delete", parents=[client_opts], help="delete a collection")

@@ -169,6 +169,7 @@ def collection_spec_to_proto(spec: CollectionSpec) -> pb.CreateCollectionRequest
         msg.margin = spec.margin
     if spec.hint_required_above is not None:
         msg.hint_required_above = spec.hint_required_above
+    msg.revocable_templates = spec.revocable
     return msg
 
 
@@ -181,6 +182,7 @@ def collection_spec_from_proto(msg: pb.CreateCollectionRequest) -> CollectionSpe
         hint_required_above=(
             msg.hint_required_above if msg.HasField("hint_required_above") else None
         ),
+        revocable=msg.revocable_templates,
     )
 
 
@@ -196,6 +198,8 @@ def collection_info_to_proto(info: CollectionInfo) -> pb.Collection:
         face_count=info.face_count,
         created_at=_timestamp(info.created_at),
         embedding_dim=info.embedding_dim,
+        revocable_templates=info.revocable,
+        transform_generation=info.transform_generation,
     )
 
 
@@ -211,6 +215,8 @@ def collection_info_from_proto(msg: pb.Collection) -> CollectionInfo:
         face_count=msg.face_count,
         created_at=_seconds(msg.created_at),
         embedding_dim=msg.embedding_dim,
+        revocable=msg.revocable_templates,
+        transform_generation=msg.transform_generation,
     )
 
 

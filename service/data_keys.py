@@ -155,7 +155,7 @@ class Keyring:
     def get(self, key_id: str) -> DataKey | None:
         return self._keys.get(key_id)
 
-    def keys(self) -> list[DataKey]:
+    def all_keys(self) -> list[DataKey]:
         return list(self._keys.values())
 
     @property
@@ -215,7 +215,7 @@ def load_keyring(settings: Settings, *, extra: Iterable[DataKey] = ()) -> Keyrin
     if crypto.key_file is not None:
         return Keyring(read_key_file(crypto.key_file), readable)
     ring = directory_keyring(settings.data_dir)
-    return Keyring(ring.primary, [*ring.keys(), *readable])
+    return Keyring(ring.primary, [*ring.all_keys(), *readable])
 
 
 def transform_master_key(settings: Settings) -> bytes:

@@ -58,6 +58,8 @@ class CollectionSpec:
     margin: float | None = None
     # Above this many enrolled users an un-hinted Identify answers NEED_HINT; 0 = never.
     hint_required_above: int | None = None
+    # Store templates under a secret per-collection transform that can be re-issued.
+    revocable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class CollectionInfo:
     face_count: int
     created_at: float  # unix seconds
     embedding_dim: int = 0
+    revocable: bool = False  # templates under a secret transform (see CollectionSpec)
+    transform_generation: int = 0  # bumped by each re-issue (`facegate crypto rotate-transform`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,11 @@ Consistency rules:
   a deleted user is out of the gallery before ``delete_user`` returns.
 * Searches take no collection lock (the gallery has its own readers-writer lock), so
   payments are never queued behind enrolments.
+
+Revocable collections (``CollectionSpec.revocable``): every embedding entering the
+collection (enrolment, import, identify and verify probes, hence probe tokens) is first
+rotated by the collection's secret orthogonal transform (``service.template_transform``);
+cosine scores are unchanged, stored templates are useless without the collection's key.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 from index import Gallery, IndexConfig, SearchResult, UnknownId
 from service import request_checks as checks
 from service.config import DecodeLimits, Settings
+from service.data_keys import transform_master_key
 from service.decisions import (
     Policy,
     decide,
@@ -60,7 +66,12 @@ from service.errors import (
     UnknownUser,
 )
 from service.face_selection import select_face
-from service.gallery_restore import add_rows, remove_orphan_snapshots, snapshot_path
+from service.gallery_restore import (
+    add_rows,
+    remove_orphan_snapshots,
+    snapshot_codec,
+    snapshot_path,
+)
 from service.phone import PhoneHasher
 from service.pipeline.analyzer import FaceAnalyzer
 from service.pipeline.decode import decode_image
@@ -70,7 +81,9 @@ from service.probe_tokens import Probe, ProbeTokens
 from service.shared_runs import SharedRuns
 from service.snapshotter import PeriodicSnapshots
 from service.store import CollectionRow, Store, UserRow
+from service.store_crypto import transform_salts
 from service.store_rows import ImportedUser
+from service.template_transform import OrthogonalTransform
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +96,7 @@ class _Collection:
     gallery: Gallery | None  # None: enrolled with another model than the one loaded
     lock: threading.Lock
     phone_users: int  # users with a phone bucket: hints can help only if > 0
+    transform: OrthogonalTransform | None = None  # revocable collections only
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +134,8 @@ class FaceService:
         self._registry_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
+        self._master_lock = threading.Lock()
+        self._master: bytes | None = None
         for row in store.list_collections():
             self._collections[row.name] = self._load_collection(row, galleries.get(row.name))
         self._runs = SharedRuns(
@@ -146,8 +162,29 @@ class FaceService:
             for batch in self._store.iter_faces(row.name, row.model_id):
                 add_rows(gallery, batch)
         return _Collection(
-            row, gallery, threading.Lock(), self._store.count_users_with_phone(row.name)
+            row,
+            gallery,
+            threading.Lock(),
+            self._store.count_users_with_phone(row.name),
+            self._transform(row),
         )
+
+    def _transform(self, row: CollectionRow) -> OrthogonalTransform | None:
+        if row.transform_gen == 0:
+            return None
+        with self._master_lock:
+            if self._master is None:
+                self._master = transform_master_key(self._settings)
+            master = self._master
+        salts = transform_salts(self._store, row.id)
+        return OrthogonalTransform.derive(
+            master, row.id, row.transform_gen, salts[row.transform_gen], self._dim
+        )
+
+    @staticmethod
+    def _protect(coll: _Collection, vectors: FloatArray) -> FloatArray:
+        """The embedding(s) as this collection stores and matches them."""
+        return vectors if coll.transform is None else coll.transform.apply(vectors)
 
     # --------------------------------------------------------------- collections
 
@@ -170,8 +207,15 @@ class FaceService:
                     else self._settings.default_hint_required_above
                 ),
                 model_id=self._model_id,
+                revocable=spec.revocable,
             )
-            coll = _Collection(row, Gallery(self._dim, self._index_config), threading.Lock(), 0)
+            coll = _Collection(
+                row,
+                Gallery(self._dim, self._index_config),
+                threading.Lock(),
+                0,
+                self._transform(row),
+            )
             self._collections[row.name] = coll
         return self._info(coll)
 
@@ -223,6 +267,8 @@ class FaceService:
             face_count=g.count() if g is not None else self._store.count_faces(r.name),
             created_at=r.created_at,
             embedding_dim=self._dim,
+            revocable=r.transform_gen > 0,
+            transform_generation=r.transform_gen,
         )
 
     @staticmethod
@@ -295,7 +341,10 @@ class FaceService:
                 self._phones.bucket(req.phone_number),
             )
         gallery = self._gallery(coll)
-        faces = self._faces(images, deadline)
+        faces = [
+            _Face(self._protect(coll, f.embedding), f.quality)
+            for f in self._faces(images, deadline)
+        ]
         digests = [self._digest(img) for img in images]
         with coll.lock:
             with self._registry_lock:
@@ -370,7 +419,8 @@ class FaceService:
             embedding, box = probe.embedding, probe.face
         else:
             face = self._faces([checks.image(req.image)], deadline)[0]
-            embedding, box = face.embedding, face.quality.box
+            # Probe tokens keep this protected embedding, so a retry needs no transform.
+            embedding, box = self._protect(coll, face.embedding), face.quality.box
         if hint_required_by_size(policy, gallery.count_uids(), bucket is not None):
             outcome = need_hint()
         else:
@@ -409,7 +459,7 @@ class FaceService:
             vectors = gallery.vectors_of(gallery.faces_of(uid))
         except UnknownId:
             raise self._unknown_user(coll, uid) from None
-        score = float(np.max(vectors @ face.embedding))
+        score = float(np.max(vectors @ self._protect(coll, face.embedding)))
         return VerifyResult(
             match=score >= coll.row.threshold,
             score=score,
@@ -477,7 +527,7 @@ class FaceService:
                 metadata={"collection_model": coll.row.model_id, "request_model": req.model_id},
             )
         uids = checks.import_uids(req.uids)
-        vectors = checks.templates(req.embeddings, len(uids), self._dim)
+        vectors = self._protect(coll, checks.templates(req.embeddings, len(uids), self._dim))
         phones = req.phone_numbers or (None,) * len(uids)
         metadata = req.metadata or ({},) * len(uids)
         if len(phones) != len(uids) or len(metadata) != len(uids):
@@ -515,6 +565,7 @@ class FaceService:
             "users": sum(i.user_count for i in infos),
             "faces": sum(i.face_count for i in infos),
             "probe_tokens": len(self._tokens),
+            "unreadable_templates": len(self._store.unreadable_templates()),
             **self._runs.counters(),
         }
 
@@ -533,7 +584,11 @@ class FaceService:
                 # made while the file is written may be in it too, which replay tolerates.
                 with coll.lock:
                     sequence = self._store.sequence()
-                coll.gallery.snapshot(snapshot_path(directory, coll.row), sequence)
+                coll.gallery.snapshot(
+                    snapshot_path(directory, coll.row),
+                    sequence,
+                    codec=snapshot_codec(self._store.cipher.keyring, coll.row),
+                )
                 self._store.prune_changes(coll.row.id, sequence)
             remove_orphan_snapshots(directory, self._store.list_collections())
 

@@ -9,6 +9,9 @@ blind re-application, which face ids that are never reused make exact:
 * a face added after S that still exists in the store and is not in the gallery: add it.
 
 A missing, corrupt or mismatched snapshot is logged and the gallery rebuilt from the store.
+Snapshots are sealed (``service.snapshot_cipher``) under the store's data key, bound to the
+collection id and its transform generation; an unencrypted one left by an older facegate is
+deleted on sight (it holds templates in clear) and the gallery rebuilt.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from index import Gallery, GalleryError, IndexConfig, SnapshotCorrupt
+from service.data_keys import Keyring
+from service.snapshot_cipher import PlaintextSnapshot, SnapshotCipher
 from service.store import CollectionRow, FaceRow, Store
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,12 @@ def snapshot_path(snapshot_dir: Path, row: CollectionRow) -> Path:
     """Named by the collection's never-reused id, so a re-created collection of the same
     name can never pick up its predecessor's snapshot."""
     return snapshot_dir / f"collection-{row.id}{SNAPSHOT_SUFFIX}"
+
+
+def snapshot_codec(keyring: Keyring, row: CollectionRow) -> SnapshotCipher:
+    """The cipher of ``row``'s snapshot: a snapshot of another collection, or of another
+    transform generation of this one, fails to open (and the gallery is rebuilt)."""
+    return SnapshotCipher(keyring, f"collection={row.id};transform={row.transform_gen}")
 
 
 def add_rows(gallery: Gallery, rows: list[FaceRow]) -> None:
@@ -69,7 +80,7 @@ def restore(
     path = snapshot_path(snapshot_dir, row)
     if path.exists():
         try:
-            gallery, sequence = Gallery.load(path)
+            gallery, sequence = Gallery.load(path, codec=snapshot_codec(store.cipher.keyring, row))
             if gallery.dim != dim:
                 raise SnapshotCorrupt(f"snapshot has dimension {gallery.dim}, model has {dim}")
             changed = replay(store, row, gallery, sequence)
@@ -88,6 +99,14 @@ def restore(
                 changed,
             )
             return gallery
+        except PlaintextSnapshot:
+            path.unlink(missing_ok=True)
+            log.warning(
+                "collection %r: deleted the unencrypted snapshot %s of an older facegate;"
+                " rebuilding from the store",
+                row.name,
+                path,
+            )
         except (GalleryError, OSError, ValueError) as exc:
             log.warning(
                 "collection %r: snapshot %s unusable (%s); rebuilding from the store",

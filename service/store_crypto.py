@@ -56,6 +56,11 @@ def key_usage(store: Store) -> dict[str | None, int]:
     return {(None if k is None else str(k)): int(n) for k, n in rows}
 
 
+def models_in(store: Store, collection: str) -> list[str]:
+    rows = store._db.all("SELECT DISTINCT model_id FROM faces WHERE collection = ?", (collection,))
+    return sorted(str(r[0]) for r in rows)
+
+
 def registered_keys(store: Store) -> set[str]:
     return {str(r[0]) for r in store._db.all("SELECT key_id FROM data_keys", ())}
 

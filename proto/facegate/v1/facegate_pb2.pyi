@@ -57,21 +57,23 @@ class FaceQuality(_message.Message):
     def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., inter_eye_px: _Optional[float] = ..., detection_score: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above")
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "revocable_templates")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MARGIN_FIELD_NUMBER: _ClassVar[int]
     HINT_REQUIRED_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    REVOCABLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: CollectionKind
     threshold: float
     margin: float
     hint_required_above: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ...) -> None: ...
+    revocable_templates: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., revocable_templates: _Optional[bool] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "model_id", "user_count", "face_count", "created_at", "embedding_dim")
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "model_id", "user_count", "face_count", "created_at", "embedding_dim", "revocable_templates", "transform_generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +84,8 @@ class Collection(_message.Message):
     FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    REVOCABLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: CollectionKind
     threshold: float
@@ -92,7 +96,9 @@ class Collection(_message.Message):
     face_count: int
     created_at: _timestamp_pb2.Timestamp
     embedding_dim: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., model_id: _Optional[str] = ..., user_count: _Optional[int] = ..., face_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., embedding_dim: _Optional[int] = ...) -> None: ...
+    revocable_templates: bool
+    transform_generation: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., model_id: _Optional[str] = ..., user_count: _Optional[int] = ..., face_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., transform_generation: _Optional[int] = ...) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
     __slots__ = ("name",)
