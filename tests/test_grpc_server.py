@@ -153,6 +153,8 @@ ERROR_CASES: list[tuple[errors.FacegateError, grpc.StatusCode]] = [
     (errors.ApiKeyInvalid("bad"), grpc.StatusCode.UNAUTHENTICATED),
     (errors.RoleDenied("bad"), grpc.StatusCode.PERMISSION_DENIED),
     (errors.CollectionDenied("bad"), grpc.StatusCode.PERMISSION_DENIED),
+    (errors.DataKeyError("bad"), grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.TemplateUnreadable("bad"), grpc.StatusCode.DATA_LOSS),
     (DeadlineExceeded("bad"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (ServiceNotReady("bad"), grpc.StatusCode.UNAVAILABLE),
 ]
