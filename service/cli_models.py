@@ -67,6 +67,11 @@ def _summary(pack_dir: Path, manifest: PackManifest) -> dict[str, Any]:
         "format_version": manifest.format_version,
         "embedding_dim": manifest.embedder.get("embedding_dim"),
         "cosine_default": manifest.thresholds.get("cosine_default"),
+        # target FMR → threshold, from the pack's calibration (empty: uncalibrated).
+        "calibrated_thresholds": {
+            f"{p.target_fmr:g}": p.threshold
+            for p in (manifest.calibration.points if manifest.calibration is not None else ())
+        },
         "files": {
             role: {"path": f.path, "sha256": f.sha256, "bytes": f.bytes}
             for role, f in manifest.files.items()
@@ -81,6 +86,11 @@ def _print(summary: dict[str, Any], as_json: bool, verb: str) -> None:
         return
     print(f"{verb} model pack {summary['name']} ({summary['model_id']}) at {summary['pack_dir']}")
     print(f"  embedding_dim={summary['embedding_dim']} cosine_default={summary['cosine_default']}")
+    calibrated = summary["calibrated_thresholds"]
+    print(
+        "  calibrated: "
+        + (", ".join(f"FMR {k} -> {v}" for k, v in calibrated.items()) or "no (uncalibrated)")
+    )
     for role, f in summary["files"].items():
         print(f"  {role:<10} {f['path']:<24} {f['bytes']:>10} bytes  sha256 {f['sha256'][:16]}…")
 

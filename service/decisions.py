@@ -19,19 +19,53 @@ for the operator; NEED_HINT returns none, because it exists to withhold an ident
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from index import SearchResult
 from service.domain import Candidate, CollectionKind, Decision
+from service.models.calibration import Calibration
 
-# Until issue 5 calibrates per-kind thresholds on a false-match target, PAY is the pack's
+log = logging.getLogger(__name__)
+
+# Default target false-match rates per assurance level (pairwise: one probe against one
+# enrolled face). In 1:N identification a stranger is compared with every enrolled user, so
+# the chance that *some* user reaches the threshold is about N × FMR: at 1e-5 a gallery of
+# 1,000 customers lets ~1 % of strangers through the threshold alone (the margin rule and
+# hints catch part of the rest; benchmarks/stranger_bench.py measures it). Paying as the
+# wrong person is the costly error, so PAY takes the strictest rate the calibration data
+# supports (LFW DevTrain's ~10^7 impostor pairs measure 1e-5 with ~100 false matches);
+# a wrong member greeting is cheap and a missed one is annoying, so MEMBER takes 1e-3.
+DEFAULT_TARGET_FMR = {CollectionKind.PAY: 1e-5, CollectionKind.MEMBER: 1e-3}
+# Fallback when the pack has no calibration for the target: PAY is the pack's uncalibrated
 # default plus this much (stricter), MEMBER is the pack's default.
 PAY_THRESHOLD_OFFSET = 0.04
 DEFAULT_MARGIN = {CollectionKind.PAY: 0.05, CollectionKind.MEMBER: 0.03}
 
 
-def default_threshold(kind: CollectionKind, pack_default: float) -> float:
-    """A collection's threshold when its spec leaves it unset."""
+def default_threshold(
+    kind: CollectionKind, pack_default: float, calibration: Calibration | None = None
+) -> float:
+    """A collection's threshold when its spec leaves it unset: the pack's calibrated
+    threshold for the kind's target FMR, else (with a warning) the uncalibrated default."""
+    target = DEFAULT_TARGET_FMR[kind]
+    if calibration is not None:
+        threshold = calibration.threshold_for(target)
+        if threshold is not None:
+            return threshold
+        log.warning(
+            "model %s has no calibrated threshold for FMR %g (the %s default); using the "
+            "uncalibrated default. Calibrate with benchmarks/calibrate.py on more data.",
+            calibration.model_id,
+            target,
+            kind.value,
+        )
+    else:
+        log.warning(
+            "the model pack is not calibrated; %s collections use the uncalibrated threshold "
+            "(run benchmarks/calibrate.py --write to calibrate it)",
+            kind.value,
+        )
     if kind is CollectionKind.PAY:
         return min(1.0, pack_default + PAY_THRESHOLD_OFFSET)
     return pack_default

@@ -198,7 +198,7 @@ class FaceService:
                 threshold=float(
                     spec.threshold
                     if spec.threshold is not None
-                    else default_threshold(spec.kind, base)
+                    else default_threshold(spec.kind, base, self._analyzer.calibration)
                 ),
                 margin=float(spec.margin if spec.margin is not None else default_margin(spec.kind)),
                 hint_required_above=int(

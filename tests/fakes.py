@@ -16,6 +16,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from service.models.calibration import Calibration
 from service.pipeline.types import DecodedImage, FloatArray, LocatedFaces, UInt8Array
 
 FAKE_DIM = 64
@@ -81,8 +82,15 @@ def expected_embedding(
 class FakeAnalyzer:
     """Implements service.pipeline.analyzer.FaceAnalyzer over face_png() images."""
 
-    def __init__(self, *, threshold: float = FAKE_THRESHOLD, embed_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: float = FAKE_THRESHOLD,
+        embed_delay_s: float = 0.0,
+        calibration: Calibration | None = None,
+    ) -> None:
         self._threshold = threshold
+        self._calibration = calibration
         self.embed_delay_s = embed_delay_s
         self._lock = threading.Lock()
         self.embed_batch_sizes: list[int] = []
@@ -98,6 +106,10 @@ class FakeAnalyzer:
     @property
     def default_threshold(self) -> float:
         return self._threshold
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self._calibration
 
     def locate(self, image: DecodedImage) -> LocatedFaces:
         px = image.rgb

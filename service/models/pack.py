@@ -16,6 +16,7 @@ every file's sha256.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import importlib.metadata
@@ -35,6 +36,7 @@ from typing import Any
 import onnx
 
 from service.errors import ModelPackError
+from service.models.calibration import Calibration, write_text_atomic
 from service.models.dlib_dnn import MetricLoss, MmodLoss, parse_dnn
 from service.models.mmod_onnx import build_mmod_onnx
 from service.models.resnet_onnx import (
@@ -92,7 +94,8 @@ MMOD_UPSAMPLE = 1  # face_recognition's default for the CNN detector
 # (tests/fixtures/dlib_descriptors.json) their norms are 1.385–1.631, median 1.476. With
 # r = 1.476 the threshold is 0.917, which reproduces dlib's decision on all 300 fixture
 # pairs; the unit-norm formula 1 - 0.6^2/2 = 0.82 would accept 220 of them (mostly
-# strangers). Issue 5's calibration on labelled pairs replaces this derivation.
+# strangers). It is the fallback: collections take the calibrated thresholds measured on
+# labelled faces (DEFAULT_CALIBRATION_FILE, benchmarks/calibrate.py) when the pack has them.
 DLIB_EUCLIDEAN_THRESHOLD = 0.6
 DLIB_DESCRIPTOR_NORM = 1.476
 COSINE_DEFAULT = round(1.0 - DLIB_EUCLIDEAN_THRESHOLD**2 / (2.0 * DLIB_DESCRIPTOR_NORM**2), 3)
@@ -102,6 +105,10 @@ THRESHOLD_NOTE = (
     "dlib's raw descriptors on the parity-fixture faces (for equal norms ||a-b||^2 = "
     "2 r^2 (1 - cos)); uncalibrated"
 )
+
+# The default pack's calibration (benchmarks/calibrate.py --write on LFW DevTrain): only
+# numbers, committed, because the pack itself is rebuilt from its sources on every machine.
+DEFAULT_CALIBRATION_FILE = Path(__file__).with_name("dlib_default_calibration.json")
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -135,6 +142,8 @@ class PackManifest:
     source: Mapping[str, str]
     created_by: str
     notes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Thresholds per target false-match rate, measured (None: uncalibrated pack).
+    calibration: Calibration | None = None
 
     def to_json(self) -> str:
         doc = {
@@ -153,6 +162,8 @@ class PackManifest:
             "created_by": self.created_by,
             "notes": dict(self.notes),
         }
+        if self.calibration is not None:
+            doc["calibration"] = self.calibration.to_doc()
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @staticmethod
@@ -220,9 +231,18 @@ class PackManifest:
         notes = doc.get("notes", {})
         if not isinstance(notes, dict):
             raise bad("'notes' has the wrong type")
+        model_id = get("model_id", str)
+        calibration = None
+        if "calibration" in doc:
+            calibration = Calibration.from_doc(doc["calibration"], where=f"{where}: calibration")
+            if calibration.model_id != model_id:
+                raise bad(
+                    f"the calibration was measured on model {calibration.model_id!r}, "
+                    f"the pack holds {model_id!r}"
+                )
         return PackManifest(
             name=get("name", str),
-            model_id=get("model_id", str),
+            model_id=model_id,
             format_version=get("format_version", int),
             files=MappingProxyType(files),
             detector=_frozen(get("detector", dict)),
@@ -232,6 +252,7 @@ class PackManifest:
             source=_frozen(source),
             created_by=get("created_by", str),
             notes=_frozen({str(k): str(v) for k, v in notes.items()}),
+            calibration=calibration,
         )
 
 
@@ -376,7 +397,25 @@ def _convert(sources: Mapping[str, bytes], out_dir: Path) -> PackManifest:
         source=_frozen({SOURCE_FILES[r]: EXPECTED_SOURCE_SHA256[SOURCE_FILES[r]] for r in ROLES}),
         created_by=_facegate_version(),
         notes=_frozen({"cosine_default": THRESHOLD_NOTE}),
+        calibration=default_pack_calibration(),
     )
+
+
+def default_pack_calibration(path: Path = DEFAULT_CALIBRATION_FILE) -> Calibration | None:
+    """The committed calibration of the default pack, or None when there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelPackError(f"cannot read {path}: {exc}") from None
+    calibration = Calibration.from_json(text, where=str(path))
+    if calibration.model_id != MODEL_ID:
+        raise ModelPackError(
+            f"{path}: calibrated on model {calibration.model_id!r}, "
+            f"the default pack is {MODEL_ID!r}"
+        )
+    return calibration
 
 
 def _io_name(model: onnx.ModelProto, which: str) -> str:
@@ -444,7 +483,7 @@ def prepare_default_pack(
             with contextlib.suppress(ModelPackError):
                 _, existing = load_pack(packs_dir, DEFAULT_PACK)
                 if dict(existing.source) == EXPECTED_SOURCE_SHA256:
-                    return existing
+                    return _with_current_calibration(target, existing)
         _remove_leftovers(packs_dir, DEFAULT_PACK)
         tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_PACK}.tmp-", dir=packs_dir))
         try:
@@ -465,6 +504,18 @@ def prepare_default_pack(
             raise
     log.info("prepared model pack %s in %s", DEFAULT_PACK, target)
     return manifest
+
+
+def _with_current_calibration(pack_dir: Path, manifest: PackManifest) -> PackManifest:
+    """A kept default pack whose calibration is not the committed one gets it (the models
+    are unchanged, so only the manifest is rewritten, atomically)."""
+    current = default_pack_calibration()
+    if manifest.calibration == current:
+        return manifest
+    updated = dataclasses.replace(manifest, calibration=current)
+    write_text_atomic(pack_dir / MANIFEST, updated.to_json())
+    log.info("model pack %s: calibration updated in %s", DEFAULT_PACK, pack_dir / MANIFEST)
+    return updated
 
 
 # ---------------------------------------------------------------------------- loading
@@ -514,7 +565,11 @@ def load_pack(packs_dir: Path, name: str = DEFAULT_PACK) -> tuple[Path, PackMani
 def ensure_default_pack(packs_dir: Path) -> tuple[Path, PackManifest]:
     """Load the default pack, preparing it when missing and rebuilding it when invalid."""
     try:
-        return load_pack(packs_dir, DEFAULT_PACK)
+        pack_dir, manifest = load_pack(packs_dir, DEFAULT_PACK)
+        if manifest.calibration == default_pack_calibration():
+            return pack_dir, manifest
+        with _pack_lock(packs_dir, DEFAULT_PACK):
+            return pack_dir, _with_current_calibration(pack_dir, manifest)
     except ModelPackError as exc:
         if (packs_dir / DEFAULT_PACK).exists():
             log.warning("model pack %s is unusable (%s); rebuilding it", DEFAULT_PACK, exc)

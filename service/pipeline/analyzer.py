@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from service.models.calibration import Calibration
 from service.pipeline.types import DecodedImage, FloatArray, LocatedFaces, UInt8Array
 
 
@@ -22,7 +23,11 @@ class FaceAnalyzer(Protocol):
 
     @property
     def default_threshold(self) -> float:
-        """Cosine-similarity threshold from the model pack's manifest."""
+        """Cosine-similarity threshold from the model pack's manifest (uncalibrated)."""
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """Thresholds per target false-match rate measured for this pack, if any."""
 
     def locate(self, image: DecodedImage) -> LocatedFaces:
         """All faces in the image, largest first."""

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from service.config import Settings
+from service.models.calibration import Calibration
 from service.models.pack import PackManifest, ensure_default_pack
 from service.pipeline.align import extract_chips
 from service.pipeline.detect import MmodDetector
@@ -117,6 +118,10 @@ class DlibAnalyzer:
     @property
     def default_threshold(self) -> float:
         return float(self.manifest.thresholds["cosine_default"])
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.manifest.calibration
 
     @property
     def chip_size(self) -> int:
