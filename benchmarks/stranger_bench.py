@@ -215,6 +215,7 @@ def run(
     *,
     phones: bool,
     seed: int,
+    margins: dict[CollectionKind, float] | None = None,
 ) -> list[Tally]:
     from service.app import build_service
 
@@ -235,7 +236,8 @@ def run(
         try:
             for kind in (CollectionKind.PAY, CollectionKind.MEMBER):
                 name = kind.value.lower()
-                info = svc.create_collection(CollectionSpec(name, kind=kind))
+                margin = (margins or {}).get(kind)  # None: the service's default
+                info = svc.create_collection(CollectionSpec(name, kind=kind, margin=margin))
                 for a in range(0, len(uids), 5000):
                     svc.import_templates(
                         ImportTemplatesRequest(
@@ -302,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gallery", type=int, default=1000, help="enrolled users (at least)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="identity split seed")
     ap.add_argument("--phones", action="store_true", help="users have phones; retry with hints")
+    ap.add_argument("--pay-margin", type=float, default=None, help="override the default")
+    ap.add_argument("--member-margin", type=float, default=None, help="override the default")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     start = time.perf_counter()
@@ -313,7 +317,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             data, settings=settings, analyzer=analyzer, cache_dir=args.cache_dir, progress=True
         )
         plan = make_plan(data, emb, args.gallery, args.seed)
-        tallies = run(data, emb, analyzer, settings, plan, phones=args.phones, seed=args.seed)
+        margins = {
+            k: m
+            for k, m in (
+                (CollectionKind.PAY, args.pay_margin),
+                (CollectionKind.MEMBER, args.member_margin),
+            )
+            if m is not None
+        }
+        tallies = run(
+            data, emb, analyzer, settings, plan, phones=args.phones, seed=args.seed, margins=margins
+        )
     except (DatasetError, FacegateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
