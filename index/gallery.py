@@ -23,10 +23,11 @@ import numpy as np
 
 from index.accelerator import Accelerator
 from index.config import IndexConfig, IndexKind
-from index.errors import DuplicateId, InvalidVectors, SnapshotCorrupt, UnknownId
+from index.errors import DuplicateId, InvalidVectors, UnknownId
 from index.results import SMALL_CANDIDATES, SearchResult, best_per_uid, best_per_uid_small
 from index.rwlock import RWLock
-from index.snapshot import SnapshotCodec, SnapshotData, read_snapshot, write_snapshot
+from index.slots import SlotTable
+from index.snapshot import SnapshotCodec, read_snapshot, write_snapshot
 from index.threads import configure_faiss, omp_threads
 from index.validation import (
     F32Array,
@@ -68,8 +69,9 @@ class Gallery:
         self._size_hist: dict[int, int] = {}
         self._max_faces = 0
         self._accel: Accelerator | None = None
-        self._slot_row: I64Array = _EMPTY_ROWS.copy()
-        self._dead_slots = 0
+        self._slots = SlotTable()
+        # efSearch / nprobe per number of candidates; cleared by every write.
+        self._accel_param: dict[int, int] = {}
 
     # ------------------------------------------------------------------ writes
 
@@ -254,7 +256,7 @@ class Gallery:
     def memory_bytes(self) -> int:
         """Approximate resident bytes of the numeric state (not Python dicts)."""
         with self._lock.read():
-            total = self._vecs.nbytes + 3 * self._row_face.nbytes + self._slot_row.nbytes
+            total = self._vecs.nbytes + 3 * self._row_face.nbytes + self._slots.nbytes()
             if self._accel is not None:
                 total += self._accel.memory_bytes()
             return total
@@ -274,79 +276,6 @@ class Gallery:
     ) -> tuple[Gallery, int]:
         """Load a snapshot; returns (gallery, sequence). Raises SnapshotCorrupt."""
         return read_snapshot(Path(path), codec)
-
-    def _export(self, sequence: int) -> SnapshotData:
-        """Consistent copy of the state for a snapshot (taken under the read lock,
-        so writers wait only for the copy, not for the disk)."""
-        with self._lock.read():
-            n = self._n
-            live_codes, uid_codes = np.unique(self._row_uid[:n], return_inverse=True)
-            part_names = sorted(self._part_faces)
-            part_index = {p: i for i, p in enumerate(part_names)}
-            face_part = self._face_part
-            part_codes = np.fromiter(
-                (part_index[face_part[f]] if f in face_part else -1
-                 for f in self._row_face[:n].tolist()),
-                dtype=np.int64, count=n,
-            )
-            accel = self._accel
-            return SnapshotData(
-                dim=self.dim,
-                sequence=sequence,
-                config=self.config,
-                vectors=self._vecs[:n].copy(),
-                face_ids=self._row_face[:n].copy(),
-                uid_codes=uid_codes.astype(np.int64).reshape(n),
-                uids=[self._uid_name[c] for c in live_codes.tolist()],
-                part_codes=part_codes,
-                partitions=part_names,
-                row_slot=self._row_slot[:n].copy(),
-                accel_blob=None if accel is None else accel.serialize(),
-                accel_trained_size=0 if accel is None else accel.trained_size,
-            )
-
-    @classmethod
-    def _from_data(cls, data: SnapshotData) -> Gallery:
-        """Rebuild a gallery from verified snapshot arrays."""
-        g = cls(data.dim, data.config)
-        n = data.face_ids.shape[0]
-        if n == 0:
-            return g
-        parts: list[str | None] = [
-            None if c < 0 else data.partitions[c] for c in data.part_codes.tolist()
-        ]
-        uids = [data.uids[c] for c in data.uid_codes.tolist()]
-        g._ensure_capacity(n)
-        g._vecs[:n] = data.vectors
-        g._row_face[:n] = data.face_ids
-        g._row_slot[:n] = -1
-        codes = np.fromiter((g._intern_uid(u) for u in uids), dtype=np.int64, count=n)
-        g._row_uid[:n] = codes
-        for row, (f, code, p) in enumerate(
-            zip(data.face_ids.tolist(), codes.tolist(), parts, strict=True)
-        ):
-            g._face_row[f] = row
-            g._track_uid_size(code, +1)
-            g._uid_faces[code].add(f)
-            if p is not None:
-                g._face_part[f] = p
-                g._part_faces.setdefault(p, {})[f] = None
-        g._n = n
-        if data.accel_blob is not None and g.config.kind is not IndexKind.FLAT:
-            accel = Accelerator.deserialize(g.config.kind, data.accel_blob,
-                                            data.accel_trained_size)
-            slots = data.row_slot
-            total = accel.ntotal
-            live = slots >= 0
-            if slots.max() >= total or np.unique(slots[live]).shape[0] != int(live.sum()):
-                raise SnapshotCorrupt("accelerator slots out of range or duplicated")
-            g._accel = accel
-            g._row_slot[:n] = slots
-            g._slot_row = np.full(total, -1, dtype=np.int64)
-            g._slot_row[slots[live]] = np.flatnonzero(live)
-            g._dead_slots = total - int(live.sum())
-        g._maybe_rebuild()
-        return g
 
     # --------------------------------------------------------------- internals
 
@@ -368,48 +297,97 @@ class Gallery:
         if accel is None:
             dist, rows = faiss.knn(q, self._vecs[: self._n], kf, faiss.METRIC_INNER_PRODUCT)
             return [self._collapse(dist[i], rows[i], k) for i in range(q.shape[0])]
+        param = self._accel_param.get(kf)
+        if param is None:
+            param = self._accel_param_for(accel, kf)
+        if not accel.exact_scores:
+            # Quantised scores: over-fetch, then re-score exactly in fp32.
+            dist, slots = accel.search(q, kf * self.config.rerank_factor, param)
+            return [self._from_quantised(q[i], slots[i], k, kf) for i in range(q.shape[0])]
         # fp32-storage kinds return exact scores, and their top-kf is the same
-        # whether or not more is fetched, so only quantised kinds over-fetch.
-        # Stale (removed) slots may occupy places in the list, hence + dead.
-        factor = 1 if accel.exact_scores else self.config.rerank_factor
-        dist, slots = accel.search(q, kf * factor + self._dead_slots, self.config)
-        return [self._from_candidates(q[i : i + 1], dist[i], slots[i], k=k, kf=kf, accel=accel)
+        # whether or not more is fetched; removed faces are filtered inside FAISS.
+        if q.shape[0] == 1:
+            dist1, slots1 = accel.search_one(q, kf, param)
+            return [self._from_exact(q, dist1, slots1, k, kf)]
+        dist, slots = accel.search(q, kf, param)
+        return [self._from_exact(q[i : i + 1], dist[i], slots[i], k, kf)
                 for i in range(q.shape[0])]
 
-    def _from_candidates(self, query: F32Array, dist: F32Array, slots: I64Array, *,
-                         k: int, kf: int, accel: Accelerator) -> SearchResult:
-        """One query's (1, dim) approximate candidates -> its top-k UIDs."""
-        n_cand = slots.shape[0]
-        exact = accel.exact_scores
-        if exact and n_cand <= SMALL_CANDIDATES:
-            # Hot path (HNSW / IVF-flat, one query): FAISS's scores are already
-            # exact, so map slots to rows and collapse on Python lists.
-            rows = self._slot_row[slots]
-            row_list = rows.tolist()
-            # slot -1 is FAISS padding: slot_row[-1] above is garbage, mark it.
-            for j, slot in enumerate(slots.tolist()):
-                if slot < 0:
-                    row_list[j] = -1
-            res = self._collapse_lists(dist.tolist(), row_list, k)
-            if len(res) == k:
-                return res
-            n_rows = sum(1 for r in row_list if r >= 0)
+    def _accel_param_for(self, accel: Accelerator, kf: int) -> int:
+        cfg = self.config
+        if accel.kind is IndexKind.HNSW:
+            param = cfg.hnsw_ef_for(accel.ntotal, kf)
+        elif accel.kind is IndexKind.IVF:
+            param = cfg.ivf_nprobe
         else:
-            found = slots >= 0
-            rows = self._slot_row[slots[found]]
-            live = rows >= 0
-            rows, dist = rows[live], dist[found][live]
-            n_rows = rows.shape[0]
-            res = self._collapse(dist, rows, k) if exact else self._rescore(query[0], rows, k)
-        if len(res) < k and n_cand < accel.ntotal and n_rows < self._n:
-            # Too many stale or duplicate-UID candidates: fall back to an exact scan.
-            exact_d, exact_rows = faiss.knn(query, self._vecs[: self._n], kf,
-                                            faiss.METRIC_INNER_PRODUCT)
-            return self._collapse(exact_d[0], exact_rows[0], k)
+            param = 0
+        self._accel_param[kf] = param
+        return param
+
+    def hnsw_ef_search(self, k: int) -> int | None:
+        """The efSearch a top-k search uses now (None unless an HNSW graph is built)."""
+        with self._lock.read():
+            accel = self._accel
+            if accel is None or accel.kind is not IndexKind.HNSW:
+                return None
+            return self.config.hnsw_ef_for(accel.ntotal, min(self._n, k * self._max_faces))
+
+    def _from_exact(self, query: F32Array, dist: F32Array, slots: I64Array,
+                    k: int, kf: int) -> SearchResult:
+        """One query's exact-scored candidates (live slots, best first) -> top-k UIDs.
+
+        `dist` and `slots` may be views of a reused buffer: nothing here keeps them.
+        """
+        slot_list = slots.tolist()
+        found = len(slot_list)
+        if slot_list and slot_list[-1] < 0:
+            # FAISS pads a short result with -1 at the end.
+            while found and slot_list[found - 1] < 0:
+                found -= 1
+            slots, dist = slots[:found], dist[:found]
+        table = self._slots
+        codes = table.uid[slots].tolist()
+        if self._max_faces == 1:
+            # One face per UID: the first k candidates are k distinct UIDs.
+            picked: list[int] | range = range(min(k, found))
+        else:
+            seen: set[int] = set()
+            picked = []
+            for i, c in enumerate(codes):
+                if c not in seen:
+                    seen.add(c)
+                    picked.append(i)
+                    if len(picked) == k:
+                        break
+        # Python lists, then one small array each: cheaper than numpy fancy
+        # indexing with a list (this runs once per query).
+        names = self._uid_name
+        scores = dist.tolist()
+        res = SearchResult(
+            uids=tuple([names[codes[i]] for i in picked]),
+            scores=np.array([scores[i] for i in picked], dtype=np.float32),
+            face_ids=table.face.take([slot_list[i] for i in picked]),
+        )
+        if len(res) < k and found < kf and len(res) < len(self._uid_code):
+            # FAISS found fewer live candidates than asked for (a small or heavily
+            # filtered graph): answer with an exact scan instead.
+            return self._exact_one(query, k, kf)
         return res
 
-    def _accel_total(self) -> int:
-        return 0 if self._accel is None else self._accel.ntotal
+    def _from_quantised(self, query: F32Array, slots: I64Array, k: int, kf: int) -> SearchResult:
+        """One query's approximate candidates -> re-scored exactly -> top-k UIDs."""
+        slots = slots[slots >= 0]
+        rows = self._slots.row[slots]
+        rows = rows[rows >= 0]  # dead slots are filtered by FAISS; this is belt and braces
+        res = self._rescore(query, rows, k)
+        if len(res) < k and rows.shape[0] < self._n and len(res) < len(self._uid_code):
+            return self._exact_one(query[None, :], k, kf)
+        return res
+
+    def _exact_one(self, query: F32Array, k: int, kf: int) -> SearchResult:
+        exact_d, exact_rows = faiss.knn(query, self._vecs[: self._n], kf,
+                                        faiss.METRIC_INNER_PRODUCT)
+        return self._collapse(exact_d[0], exact_rows[0], k)
 
     def _search_bucket(self, query: F32Array, k: int, partition: str) -> SearchResult:
         faces = self._part_faces.get(partition)
@@ -494,9 +472,9 @@ class Gallery:
             if not bucket:
                 del self._part_faces[part]
         slot = int(self._row_slot[row])
-        if slot >= 0:
-            self._slot_row[slot] = -1
-            self._dead_slots += 1
+        if slot >= 0 and self._accel is not None:
+            self._slots.row[slot] = -1
+            self._accel.kill(slot)
         last = self._n - 1
         if row != last:
             # Keep rows compact: move the last row into the hole.
@@ -507,7 +485,7 @@ class Gallery:
             moved_slot = int(self._row_slot[last])
             self._row_slot[row] = moved_slot
             if moved_slot >= 0:
-                self._slot_row[moved_slot] = row
+                self._slots.row[moved_slot] = row
             self._face_row[moved] = row
         self._n = last
 
@@ -530,13 +508,9 @@ class Gallery:
         first = self._accel.ntotal
         with omp_threads(1, 1, self.config.batch_threads):
             self._accel.add(self._vecs[start:end])
-        total = first + (end - start)
-        if total > self._slot_row.shape[0]:
-            grown = np.full(max(total, self._slot_row.shape[0] * 3 // 2), -1, dtype=np.int64)
-            grown[:first] = self._slot_row[:first]
-            self._slot_row = grown
-        self._row_slot[start:end] = np.arange(first, total, dtype=np.int64)
-        self._slot_row[first:total] = np.arange(start, end, dtype=np.int64)
+        self._row_slot[start:end] = np.arange(first, first + end - start, dtype=np.int64)
+        self._slots.append(first, start, self._row_uid[start:end], self._row_face[start:end])
+        self._accel_param.clear()
 
     def _maybe_rebuild(self) -> None:
         cfg = self.config
@@ -549,7 +523,7 @@ class Gallery:
         if self._n < cfg.min_accel_size // 2:
             self._drop_accel()
         else:
-            too_many_dead = self._dead_slots > cfg.rebuild_dead_fraction * max(self._n, 1)
+            too_many_dead = self._accel.dead_slots > cfg.rebuild_dead_fraction * max(self._n, 1)
             # IVF lists trained on a much smaller gallery become unbalanced.
             outgrown = cfg.kind is IndexKind.IVF and self._n > 4 * self._accel.trained_size
             if too_many_dead or outgrown:
@@ -564,11 +538,11 @@ class Gallery:
                 self.config.kind, self.dim, self.config, self._vecs[: self._n]
             )
         self._row_slot[: self._n] = np.arange(self._n, dtype=np.int64)
-        self._slot_row = np.arange(self._n, dtype=np.int64)
-        self._dead_slots = 0
+        self._slots.reset(self._row_uid[: self._n], self._row_face[: self._n])
+        self._accel_param.clear()
 
     def _drop_accel(self) -> None:
         self._accel = None
         self._row_slot[: self._n] = -1
-        self._slot_row = _EMPTY_ROWS.copy()
-        self._dead_slots = 0
+        self._slots.clear()
+        self._accel_param.clear()

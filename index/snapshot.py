@@ -291,18 +291,20 @@ def write_snapshot(
     """Snapshot `gallery` to `path`, recording store `sequence` (>= 0)."""
     if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
         raise InvalidVectors(f"sequence must be a non-negative int, got {sequence!r}")
-    write_data(Path(path), gallery._export(sequence), codec)
+    from index.persist import export_gallery
+
+    write_data(Path(path), export_gallery(gallery, sequence), codec)
 
 
 def read_snapshot(
     path: Path | str, codec: SnapshotCodec | None = None
 ) -> tuple[Gallery, int]:
     """Load a snapshot written by write_snapshot (with the same codec): (gallery, sequence)."""
-    from index.gallery import Gallery
+    from index.persist import gallery_from_data
 
     data = read_data(Path(path), codec)
     try:
-        gallery = Gallery._from_data(data)
+        gallery = gallery_from_data(data)
     except SnapshotCorrupt:
         raise
     except Exception as exc:

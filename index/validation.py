@@ -85,8 +85,15 @@ def check_labels(values: object, n: int, name: str, allow_none: bool) -> list[st
     return out
 
 
+_INTS = (int, np.integer)
+# Builtin dtypes are singletons, so an identity test settles the common case.
+_F32 = np.dtype(np.float32)
+
+
 def check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or int(k) < 1:
+    if type(k) is int and k >= 1:  # the hot path: a plain positive int
+        return k
+    if isinstance(k, bool) or not isinstance(k, _INTS) or int(k) < 1:
         raise InvalidVectors(f"k must be a positive int, got {k!r}")
     return int(k)
 
@@ -107,7 +114,7 @@ def check_queries(x: object, dim: int, name: str = "queries") -> F32Array:
     """
     if not (
         isinstance(x, np.ndarray)
-        and x.dtype == np.float32
+        and (x.dtype is _F32 or x.dtype == np.float32)
         and x.ndim == 2
         and x.shape[1] == dim
         and x.flags.c_contiguous
