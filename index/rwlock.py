@@ -15,7 +15,8 @@ from contextlib import contextmanager
 
 class RWLock:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
@@ -23,22 +24,32 @@ class RWLock:
     def acquire_read(self) -> None:
         """Take the read side; pair with release_read() in a try/finally.
 
-        The search hot path calls these directly: a generator context manager
-        costs a few microseconds per query, which matters next to a 0.2 ms HNSW
-        search.
+        The search hot path calls these directly, and they use the bare mutex
+        rather than the Condition's context manager when nothing has to wait:
+        each Python-level call costs about a microsecond, which matters next
+        to a 0.1-0.3 ms HNSW search.
         """
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if self._writer or self._waiting_writers:
+                while self._writer or self._waiting_writers:
+                    self._cond.wait()
             self._readers += 1
+        finally:
+            mutex.release()
 
     def release_read(self) -> None:
-        with self._cond:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
             self._readers -= 1
             # Readers only ever wait for writers, so only a waiting writer needs
             # waking when the last reader leaves.
             if self._readers == 0 and self._waiting_writers:
                 self._cond.notify_all()
+        finally:
+            mutex.release()
 
     @contextmanager
     def read(self) -> Iterator[None]:

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pytest
 
 from index import Gallery, IndexConfig, IndexKind, SnapshotCorrupt, read_snapshot, write_snapshot
+from index.persist import export_gallery
 from index.snapshot import decode, encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,13 +126,13 @@ def test_every_flipped_byte_region_is_detected(tmp_path: Path, image: bytes) -> 
 
 
 def test_inconsistent_content_with_valid_checksum_is_rejected() -> None:
-    data = filled()._export(5)
+    data = export_gallery(filled(), 5)
     data.uid_codes[0] = len(data.uids) + 3
     buf = io.BytesIO()
     encode(data, buf)
     with pytest.raises(SnapshotCorrupt, match="uid codes"):
         decode(buf.getvalue())
-    data = filled()._export(5)
+    data = export_gallery(filled(), 5)
     data.face_ids[1] = data.face_ids[0]
     buf = io.BytesIO()
     encode(data, buf)
