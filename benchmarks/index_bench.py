@@ -250,8 +250,10 @@ class NumpyBrute(Engine):
 
     def search(self, q: F32) -> I64:
         self.threads.set(omp_for(q))
-        # In 64-query chunks: 2048 queries x 1M faces would be an 8 GB score matrix.
-        out = [self._chunk(q[i : i + 64]) for i in range(0, q.shape[0], 64)]
+        # In chunks of <= 2^28 scores (1 GiB, plus argpartition's int64 copy): 2048
+        # queries x 1M faces at once would be an 8 GB score matrix.
+        step = max(1, min(64, 2**28 // self.x.shape[0]))
+        out = [self._chunk(q[i : i + step]) for i in range(0, q.shape[0], step)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def _chunk(self, q: F32) -> I64:
