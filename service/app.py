@@ -3,6 +3,7 @@ as the server runs it (timed by the server's metrics, every call audited)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from index import Gallery, IndexConfig
@@ -11,6 +12,7 @@ from service.audited_service import AuditedService
 from service.config import Settings
 from service.data_keys import load_keyring
 from service.engine import FaceService
+from service.face_gate import LivenessCheck
 from service.gallery_restore import remove_orphan_snapshots, restore
 from service.metrics import ServiceMetrics
 from service.pipeline.analyzer import FaceAnalyzer
@@ -65,11 +67,42 @@ def build_service(
                 ", ".join(str(f) for f in sorted(unreadable)[:20]),
             )
         return FaceService(
-            settings, analyzer, store, galleries, secret, index_config=config, timer=timer
+            settings,
+            analyzer,
+            store,
+            galleries,
+            secret,
+            index_config=config,
+            timer=timer,
+            liveness=build_liveness(settings),
         )
     except BaseException:
         store.close()
         raise
+
+
+def build_liveness(settings: Settings) -> LivenessCheck | None:
+    """The ``[liveness]`` PAD models, or None when no model directory is configured. A
+    configured directory whose files are missing or differ from their pinned sha256 stops
+    the start (ModelPackError): a server must never seem to check liveness when it cannot."""
+    cfg = settings.liveness
+    if cfg.model_dir is None:
+        return None
+    from service.pipeline.liveness import (  # onnx imports: only when configured
+        MINIFASNET_V1SE_SHA256,
+        MINIFASNET_V2_SHA256,
+        LivenessDetector,
+        LivenessModel,
+    )
+
+    v2, v1se = LivenessModel.minifasnet_pair(cfg.model_dir)
+    models = (
+        dataclasses.replace(v2, sha256=cfg.v2_sha256 or MINIFASNET_V2_SHA256),
+        dataclasses.replace(v1se, sha256=cfg.v1se_sha256 or MINIFASNET_V1SE_SHA256),
+    )
+    detector = LivenessDetector(models, threshold=cfg.threshold, threads=settings.model_threads)
+    log.info("liveness: %s, threshold %.3f", ", ".join(detector.model_ids), detector.threshold)
+    return detector
 
 
 def open_audit_log(settings: Settings) -> AuditLog | None:

@@ -28,6 +28,7 @@ from service.domain import (
     IdentifyRequest,
     IdentifyResult,
     ImportTemplatesRequest,
+    ServerInfo,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -208,6 +209,9 @@ class AuditedService:
         )
 
     # ------------------------------------------------------------- operations
+
+    def server_info(self) -> ServerInfo:
+        return self._inner.server_info()
 
     def stats(self) -> dict[str, int]:
         return self._inner.stats()

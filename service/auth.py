@@ -79,6 +79,8 @@ RULES: Mapping[str, Rule] = {
     "GetCollection": Rule(Role.ADMIN, "name"),
     "ListCollections": Rule(Role.ADMIN, None),  # a scoped key sees only its collections
     "ImportTemplates": Rule(Role.ADMIN, "collection"),
+    # Terminals may see whether liveness is checked and which limits faces must meet.
+    "GetServerInfo": Rule(Role.TERMINAL, None),
 }
 _OTHER_SERVICES = Rule(Role.ADMIN, None)
 

@@ -33,6 +33,7 @@ from service.domain import (
     IdentifyRequest,
     IdentifyResult,
     ImportTemplatesRequest,
+    ServerInfo,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -180,6 +181,11 @@ class FaceGateClient:
             "ListCollections", convert.list_collections_request_to_proto(), timeout
         )
         return list(convert.list_collections_response_from_proto(reply))
+
+    def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """Model pack, liveness (configured or not), default quality limits, version."""
+        reply = self._invoke("GetServerInfo", convert.get_server_info_request_to_proto(), timeout)
+        return convert.server_info_from_proto(reply)
 
     # ---------------------------------------------------------------- faces
     def enroll(self, req: EnrollRequest, *, timeout: float | None = None) -> EnrollResult:

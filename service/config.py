@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidArgument
+from service.pipeline.quality import QualityLimits
 
 
 def default_data_dir() -> Path:
@@ -89,6 +90,38 @@ class CryptoSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QualitySettings:
+    """``[quality.enroll]`` / ``[quality.identify]``: server-wide changes to the quality
+    presets (``QualityPolicy.enroll()`` / ``.identify()``); a collection may change them
+    again. Identify's limits also apply to Verify."""
+
+    enroll: QualityLimits = field(default_factory=QualityLimits)
+    identify: QualityLimits = field(default_factory=QualityLimits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LivenessSettings:
+    """``[liveness]``: presentation-attack detection (MiniFASNetV2 + MiniFASNetV1SE, fused).
+
+    Without ``model_dir`` there is no liveness check at all: the server says so at start
+    and in GetServerInfo, and collections that would require it are served without it.
+    """
+
+    # Directory holding MiniFASNetV2.onnx and MiniFASNetV1SE.onnx.
+    model_dir: Path | None = None
+    # sha256 the files must have; "" = the known Apache-2.0 exports' digests.
+    v2_sha256: str = ""
+    v1se_sha256: str = ""
+    # Fused real-probability below which a face is refused (LIVENESS_FAILED).
+    threshold: float = 0.5
+    # Collection kinds that require liveness unless the collection says otherwise:
+    # comma-separated "pay" and/or "member"; "" = only collections that opt in.
+    require_for: str = "pay"
+    # Also check enrolment photos (not only Identify and Verify probes) where required.
+    check_enroll: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
     data_dir: Path = field(default_factory=default_data_dir)
@@ -119,6 +152,8 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     crypto: CryptoSettings = field(default_factory=CryptoSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    liveness: LivenessSettings = field(default_factory=LivenessSettings)
 
     @property
     def packs_dir(self) -> Path:

@@ -11,6 +11,7 @@ threshold in range) belong to the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ from service.domain import (
     IdentifyRequest,
     IdentifyResult,
     ImportTemplatesRequest,
+    LivenessInfo,
+    QualityLimits,
+    QualityPolicy,
+    ServerInfo,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -135,11 +140,23 @@ def face_box_from_proto(msg: pb.FaceBox) -> FaceBox:
 
 
 def face_quality_to_proto(q: FaceQuality) -> pb.FaceQuality:
-    return pb.FaceQuality(
+    msg = pb.FaceQuality(
         box=face_box_to_proto(q.box),
         inter_eye_px=q.inter_eye_px,
         detection_score=q.detection_score,
+        sharpness=q.sharpness,
+        yaw_deg=q.yaw_deg,
+        pitch_deg=q.pitch_deg,
+        roll_deg=q.roll_deg,
+        brightness=q.brightness,
+        clipped_fraction=q.clipped_fraction,
+        outside_fraction=q.outside_fraction,
+        other_face_ratio=q.other_face_ratio,
+        face_count=q.face_count,
     )
+    if q.liveness_score is not None:
+        msg.liveness_score = q.liveness_score
+    return msg
 
 
 def face_quality_from_proto(msg: pb.FaceQuality) -> FaceQuality:
@@ -147,7 +164,59 @@ def face_quality_from_proto(msg: pb.FaceQuality) -> FaceQuality:
         box=face_box_from_proto(msg.box),
         inter_eye_px=msg.inter_eye_px,
         detection_score=msg.detection_score,
+        sharpness=msg.sharpness,
+        yaw_deg=msg.yaw_deg,
+        pitch_deg=msg.pitch_deg,
+        roll_deg=msg.roll_deg,
+        brightness=msg.brightness,
+        clipped_fraction=msg.clipped_fraction,
+        outside_fraction=msg.outside_fraction,
+        other_face_ratio=msg.other_face_ratio,
+        face_count=msg.face_count,
+        liveness_score=msg.liveness_score if msg.HasField("liveness_score") else None,
     )
+
+
+# ---------------------------------------------------------------- quality limits
+
+_LIMIT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(QualityLimits))
+
+
+def quality_limits_to_proto(limits: QualityLimits) -> pb.QualityLimits:
+    return pb.QualityLimits(**limits.items())
+
+
+def quality_limits_from_proto(msg: pb.QualityLimits, field: str = "") -> QualityLimits:
+    """The limits that are set. ``field`` names the request field in errors."""
+    values: dict[str, float] = {}
+    for name in _LIMIT_FIELDS:
+        if msg.HasField(name):
+            path = f"{field}.{name}" if field else name
+            values[name] = _finite(getattr(msg, name), path)
+    try:
+        return QualityLimits(**values)
+    except InvalidArgument as exc:
+        name = exc.metadata.get("field", "")
+        raise InvalidArgument(
+            f"{field}: {exc.message}" if field else exc.message,
+            metadata={"field": f"{field}.{name}" if field else name},
+        ) from None
+
+
+def quality_policy_to_proto(policy: QualityPolicy) -> pb.QualityLimits:
+    """A whole policy: every limit set."""
+    return pb.QualityLimits(**{name: getattr(policy, name) for name in _LIMIT_FIELDS})
+
+
+def quality_policy_from_proto(msg: pb.QualityLimits) -> QualityPolicy:
+    missing = [name for name in _LIMIT_FIELDS if not msg.HasField(name)]
+    if missing:
+        raise InvalidArgument(f"quality limits: missing {', '.join(missing)}")
+    return QualityPolicy(**{name: getattr(msg, name) for name in _LIMIT_FIELDS})
+
+
+def _optional_policy(msg: Any, name: str) -> QualityPolicy | None:
+    return quality_policy_from_proto(getattr(msg, name)) if msg.HasField(name) else None
 
 
 def candidate_to_proto(c: Candidate) -> pb.Candidate:
@@ -170,6 +239,12 @@ def collection_spec_to_proto(spec: CollectionSpec) -> pb.CreateCollectionRequest
     if spec.hint_required_above is not None:
         msg.hint_required_above = spec.hint_required_above
     msg.revocable_templates = spec.revocable
+    if spec.enroll_quality.items():
+        msg.enroll_quality.CopyFrom(quality_limits_to_proto(spec.enroll_quality))
+    if spec.identify_quality.items():
+        msg.identify_quality.CopyFrom(quality_limits_to_proto(spec.identify_quality))
+    if spec.require_liveness is not None:
+        msg.require_liveness = spec.require_liveness
     return msg
 
 
@@ -183,11 +258,14 @@ def collection_spec_from_proto(msg: pb.CreateCollectionRequest) -> CollectionSpe
             msg.hint_required_above if msg.HasField("hint_required_above") else None
         ),
         revocable=msg.revocable_templates,
+        enroll_quality=quality_limits_from_proto(msg.enroll_quality, "enroll_quality"),
+        identify_quality=quality_limits_from_proto(msg.identify_quality, "identify_quality"),
+        require_liveness=msg.require_liveness if msg.HasField("require_liveness") else None,
     )
 
 
 def collection_info_to_proto(info: CollectionInfo) -> pb.Collection:
-    return pb.Collection(
+    msg = pb.Collection(
         name=info.name,
         kind=_KIND_TO_PROTO[info.kind],
         threshold=info.threshold,
@@ -200,7 +278,17 @@ def collection_info_to_proto(info: CollectionInfo) -> pb.Collection:
         embedding_dim=info.embedding_dim,
         revocable_templates=info.revocable,
         transform_generation=info.transform_generation,
+        enroll_quality_overrides=quality_limits_to_proto(info.enroll_quality_overrides),
+        identify_quality_overrides=quality_limits_to_proto(info.identify_quality_overrides),
+        liveness_active=info.liveness_active,
     )
+    if info.enroll_quality is not None:
+        msg.enroll_quality.CopyFrom(quality_policy_to_proto(info.enroll_quality))
+    if info.identify_quality is not None:
+        msg.identify_quality.CopyFrom(quality_policy_to_proto(info.identify_quality))
+    if info.require_liveness is not None:
+        msg.require_liveness = info.require_liveness
+    return msg
 
 
 def collection_info_from_proto(msg: pb.Collection) -> CollectionInfo:
@@ -217,6 +305,12 @@ def collection_info_from_proto(msg: pb.Collection) -> CollectionInfo:
         embedding_dim=msg.embedding_dim,
         revocable=msg.revocable_templates,
         transform_generation=msg.transform_generation,
+        enroll_quality_overrides=quality_limits_from_proto(msg.enroll_quality_overrides),
+        identify_quality_overrides=quality_limits_from_proto(msg.identify_quality_overrides),
+        enroll_quality=_optional_policy(msg, "enroll_quality"),
+        identify_quality=_optional_policy(msg, "identify_quality"),
+        require_liveness=msg.require_liveness if msg.HasField("require_liveness") else None,
+        liveness_active=msg.liveness_active,
     )
 
 
@@ -569,6 +663,63 @@ def import_templates_response_from_proto(msg: pb.ImportTemplatesResponse) -> tup
     return tuple(int(f) for f in msg.face_ids)
 
 
+# ---------------------------------------------------------------- server info
+
+
+def get_server_info_request_to_proto(_: None = None) -> pb.GetServerInfoRequest:
+    return pb.GetServerInfoRequest()
+
+
+def get_server_info_request_from_proto(_: pb.GetServerInfoRequest) -> None:
+    return None
+
+
+def liveness_info_to_proto(info: LivenessInfo) -> pb.LivenessInfo:
+    return pb.LivenessInfo(
+        configured=info.configured,
+        model_ids=list(info.model_ids),
+        threshold=info.threshold,
+        required_for=[_KIND_TO_PROTO[k] for k in info.required_for],
+        check_enroll=info.check_enroll,
+    )
+
+
+def liveness_info_from_proto(msg: pb.LivenessInfo) -> LivenessInfo:
+    return LivenessInfo(
+        configured=msg.configured,
+        model_ids=tuple(msg.model_ids),
+        threshold=msg.threshold,
+        required_for=tuple(kind_from_proto(k) for k in msg.required_for),
+        check_enroll=msg.check_enroll,
+    )
+
+
+def server_info_to_proto(info: ServerInfo) -> pb.ServerInfo:
+    return pb.ServerInfo(
+        version=info.version,
+        model_pack=info.model_pack,
+        model_id=info.model_id,
+        embedding_dim=info.embedding_dim,
+        default_threshold=info.default_threshold,
+        liveness=liveness_info_to_proto(info.liveness),
+        enroll_quality=quality_policy_to_proto(info.enroll_quality),
+        identify_quality=quality_policy_to_proto(info.identify_quality),
+    )
+
+
+def server_info_from_proto(msg: pb.ServerInfo) -> ServerInfo:
+    return ServerInfo(
+        version=msg.version,
+        model_pack=msg.model_pack,
+        model_id=msg.model_id,
+        embedding_dim=msg.embedding_dim,
+        default_threshold=msg.default_threshold,
+        liveness=liveness_info_from_proto(msg.liveness),
+        enroll_quality=quality_policy_from_proto(msg.enroll_quality),
+        identify_quality=quality_policy_from_proto(msg.identify_quality),
+    )
+
+
 # ---------------------------------------------------------------- registry
 
 D = TypeVar("D")
@@ -590,6 +741,9 @@ CONVERTERS: Mapping[str, Converter[Any, Any]] = {
         FaceQuality, face_quality_to_proto, face_quality_from_proto
     ),
     "facegate.v1.Candidate": Converter(Candidate, candidate_to_proto, candidate_from_proto),
+    "facegate.v1.QualityLimits": Converter(
+        QualityLimits, quality_limits_to_proto, quality_limits_from_proto
+    ),
     "facegate.v1.CreateCollectionRequest": Converter(
         CollectionSpec, collection_spec_to_proto, collection_spec_from_proto
     ),
@@ -654,4 +808,11 @@ CONVERTERS: Mapping[str, Converter[Any, Any]] = {
     "facegate.v1.ImportTemplatesResponse": Converter(
         tuple, import_templates_response_to_proto, import_templates_response_from_proto
     ),
+    "facegate.v1.GetServerInfoRequest": Converter(
+        None, get_server_info_request_to_proto, get_server_info_request_from_proto
+    ),
+    "facegate.v1.LivenessInfo": Converter(
+        LivenessInfo, liveness_info_to_proto, liveness_info_from_proto
+    ),
+    "facegate.v1.ServerInfo": Converter(ServerInfo, server_info_to_proto, server_info_from_proto),
 }

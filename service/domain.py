@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.pipeline.quality import QualityLimits, QualityPolicy
 from service.pipeline.types import FloatArray
+
+__all__ = ["QualityLimits", "QualityPolicy"]  # re-exported: part of the domain vocabulary
 
 
 class Decision(enum.Enum):
@@ -42,11 +45,22 @@ class FaceBox:
 
 @dataclass(frozen=True, slots=True)
 class FaceQuality:
-    """Per-image quality of an enrolled or probed face."""
+    """Per-image quality of an enrolled or probed face, as the quality gate measured it
+    (see ``service.pipeline.quality`` for each measure)."""
 
     box: FaceBox
     inter_eye_px: float
     detection_score: float
+    sharpness: float = 0.0  # variance of the Laplacian of the grey chip centre
+    yaw_deg: float = 0.0  # pose estimate from the 5 landmarks
+    pitch_deg: float = 0.0
+    roll_deg: float = 0.0
+    brightness: float = 0.0  # mean luma 0..255 of the chip centre
+    clipped_fraction: float = 0.0  # of the chip centre's pixels, black or white
+    outside_fraction: float = 0.0  # of the face box, outside the image
+    other_face_ratio: float = 0.0  # largest other face's area / this face's
+    face_count: int = 1  # faces found in the image
+    liveness_score: float | None = None  # fused real-probability, when liveness ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,12 @@ class CollectionSpec:
     hint_required_above: int | None = None
     # Store templates under a secret per-collection transform that can be re-issued.
     revocable: bool = False
+    # Changes to the server's quality limits for Enroll and for Identify/Verify.
+    enroll_quality: QualityLimits = field(default_factory=QualityLimits)
+    identify_quality: QualityLimits = field(default_factory=QualityLimits)
+    # None = the server's rule for the kind ([liveness] require_for); True/False = this
+    # collection requires liveness, or does not.
+    require_liveness: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +96,16 @@ class CollectionInfo:
     embedding_dim: int = 0
     revocable: bool = False  # templates under a secret transform (see CollectionSpec)
     transform_generation: int = 0  # bumped by each re-issue (`facegate crypto rotate-transform`)
+    # The collection's own quality limits (what it was created with) ...
+    enroll_quality_overrides: QualityLimits = field(default_factory=QualityLimits)
+    identify_quality_overrides: QualityLimits = field(default_factory=QualityLimits)
+    # ... and the limits in force on this server (presets < server settings < collection).
+    enroll_quality: QualityPolicy | None = None
+    identify_quality: QualityPolicy | None = None
+    require_liveness: bool | None = None  # as created (None = the server's rule)
+    # Whether this server checks liveness on this collection's faces now: required by the
+    # collection or its kind AND a liveness model is configured.
+    liveness_active: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +208,26 @@ class ImportTemplatesRequest:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessInfo:
+    """What this server does about presentation attacks."""
+
+    configured: bool  # a PAD model is loaded; False = no liveness check anywhere
+    model_ids: tuple[str, ...] = ()  # "<file>@sha256:<digest>" per model
+    threshold: float = 0.0
+    required_for: tuple[CollectionKind, ...] = ()  # kinds that require it by default
+    check_enroll: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    version: str
+    model_pack: str
+    model_id: str
+    embedding_dim: int
+    default_threshold: float
+    liveness: LivenessInfo
+    enroll_quality: QualityPolicy  # server defaults, before any collection's own limits
+    identify_quality: QualityPolicy

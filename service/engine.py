@@ -1,7 +1,9 @@
 """The face service without a transport: collections, enrolment, identification, deletion.
 
 Data flow (see DESIGN.md): bytes -> decode -> locate -> select the customer's face -> align
--> embed (micro-batched across concurrent requests) -> search (micro-batched) -> decide.
+-> quality gate -> liveness (``service.face_gate``) -> embed (micro-batched across concurrent
+requests) -> search (micro-batched) -> decide. Enroll gates with the collection's strict
+policy, Identify and Verify with its lenient one.
 
 Consistency rules:
 * The store is written first and durably; the in-memory gallery follows. Every write to a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.metadata
 import logging
 import threading
 import time
@@ -52,6 +55,9 @@ from service.domain import (
     IdentifyRequest,
     IdentifyResult,
     ImportTemplatesRequest,
+    LivenessInfo,
+    QualityLimits,
+    ServerInfo,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -59,13 +65,22 @@ from service.domain import (
 )
 from service.enrollment import plan_enrollment
 from service.errors import (
+    DuplicateFace,
     FacegateError,
     InvalidArgument,
     ModelMismatch,
     UnknownCollection,
     UnknownUser,
 )
-from service.face_selection import select_face
+from service.face_gate import (
+    GatePolicy,
+    LivenessCheck,
+    collection_policies,
+    gate_face,
+    kinds_requiring_liveness,
+    liveness_required,
+    server_policies,
+)
 from service.gallery_restore import (
     add_rows,
     remove_orphan_snapshots,
@@ -75,8 +90,9 @@ from service.gallery_restore import (
 from service.phone import PhoneHasher
 from service.pipeline.analyzer import FaceAnalyzer
 from service.pipeline.decode import decode_image
-from service.pipeline.timing import ALIGN, DECODE, NO_TIMING, StageTimer
+from service.pipeline.timing import DECODE, NO_TIMING, StageTimer
 from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
+from service.principal import Role, current_principal
 from service.probe_tokens import Probe, ProbeTokens
 from service.shared_runs import SharedRuns
 from service.snapshotter import PeriodicSnapshots
@@ -96,6 +112,8 @@ class _Collection:
     gallery: Gallery | None  # None: enrolled with another model than the one loaded
     lock: threading.Lock
     phone_users: int  # users with a phone bucket: hints can help only if > 0
+    enroll_gate: GatePolicy  # what Enroll requires of each photo
+    identify_gate: GatePolicy  # what Identify and Verify require of the probe
     transform: OrthogonalTransform | None = None  # revocable collections only
 
 
@@ -118,8 +136,14 @@ class FaceService:
         decoder: Decoder | None = None,
         index_config: IndexConfig | None = None,
         timer: StageTimer = NO_TIMING,
+        liveness: LivenessCheck | None = None,
     ) -> None:
         self._settings = settings
+        # Checked before anything is loaded: a bad [quality] or [liveness] setting stops the
+        # start with a message naming it.
+        self._quality = server_policies(settings)
+        self._liveness_kinds = kinds_requiring_liveness(settings.liveness)
+        self._liveness = liveness
         self._timer = timer
         self._analyzer = analyzer
         self._store = store
@@ -161,13 +185,31 @@ class FaceService:
             gallery = Gallery(self._dim, self._index_config)
             for batch in self._store.iter_faces(row.name, row.model_id):
                 add_rows(gallery, batch)
+        return self._with_gates(row, gallery, self._store.count_users_with_phone(row.name))
+
+    def _with_gates(self, row: CollectionRow, gallery: Gallery | None, phones: int) -> _Collection:
+        enroll, identify = collection_policies(
+            self._quality,
+            QualityLimits(**row.enroll_quality),
+            QualityLimits(**row.identify_quality),
+        )
+        live = self._liveness_for(row)
         return _Collection(
             row,
             gallery,
             threading.Lock(),
-            self._store.count_users_with_phone(row.name),
-            self._transform(row),
+            phones,
+            enroll_gate=GatePolicy(enroll, live if self._settings.liveness.check_enroll else None),
+            identify_gate=GatePolicy(identify, live),
+            transform=self._transform(row),
         )
+
+    def _liveness_for(self, row: CollectionRow) -> LivenessCheck | None:
+        """The liveness check this collection's faces get here (None: none)."""
+        required = liveness_required(
+            CollectionKind(row.kind), row.require_liveness, self._liveness_kinds
+        )
+        return self._liveness if required else None
 
     def _transform(self, row: CollectionRow) -> OrthogonalTransform | None:
         if row.transform_gen == 0:
@@ -191,6 +233,8 @@ class FaceService:
     def create_collection(self, spec: CollectionSpec) -> CollectionInfo:
         spec = checks.collection_spec(spec)
         base = self._analyzer.default_threshold
+        # Refuse inconsistent limits (min above max) before anything is stored.
+        collection_policies(self._quality, spec.enroll_quality, spec.identify_quality)
         with self._registry_lock:
             row = self._store.create_collection(
                 spec.name,
@@ -208,14 +252,11 @@ class FaceService:
                 ),
                 model_id=self._model_id,
                 revocable=spec.revocable,
+                enroll_quality=spec.enroll_quality.items(),
+                identify_quality=spec.identify_quality.items(),
+                require_liveness=spec.require_liveness,
             )
-            coll = _Collection(
-                row,
-                Gallery(self._dim, self._index_config),
-                threading.Lock(),
-                0,
-                self._transform(row),
-            )
+            coll = self._with_gates(row, Gallery(self._dim, self._index_config), 0)
             self._collections[row.name] = coll
         return self._info(coll)
 
@@ -269,6 +310,12 @@ class FaceService:
             embedding_dim=self._dim,
             revocable=r.transform_gen > 0,
             transform_generation=r.transform_gen,
+            enroll_quality_overrides=QualityLimits(**r.enroll_quality),
+            identify_quality_overrides=QualityLimits(**r.identify_quality),
+            enroll_quality=coll.enroll_gate.quality,
+            identify_quality=coll.identify_gate.quality,
+            require_liveness=r.require_liveness,
+            liveness_active=coll.identify_gate.liveness is not None,
         )
 
     @staticmethod
@@ -280,6 +327,27 @@ class FaceService:
         """The loaded model pack's embedding space (for the metrics' info label)."""
         return self._model_id
 
+    def server_info(self) -> ServerInfo:
+        """What this server runs and checks: model, liveness (never claimed when absent),
+        the quality limits collections start from."""
+        live = self._liveness
+        return ServerInfo(
+            version=_version(),
+            model_pack=self._settings.model_pack,
+            model_id=self._model_id,
+            embedding_dim=self._dim,
+            default_threshold=float(self._analyzer.default_threshold),
+            liveness=LivenessInfo(
+                configured=live is not None,
+                model_ids=tuple(live.model_ids) if live is not None else (),
+                threshold=float(live.threshold) if live is not None else 0.0,
+                required_for=self._liveness_kinds,
+                check_enroll=self._settings.liveness.check_enroll,
+            ),
+            enroll_quality=self._quality[0],
+            identify_quality=self._quality[1],
+        )
+
     # --------------------------------------------------------------------- faces
 
     def _remaining(self, deadline: float | None) -> float | None:
@@ -290,8 +358,8 @@ class FaceService:
             raise TimeoutError("the call's deadline passed")
         return left
 
-    def _faces(self, images: list[bytes], deadline: float | None) -> list[_Face]:
-        """Decode, locate, select and align each image here; embed them in one batch."""
+    def _faces(self, images: list[bytes], deadline: float | None, gate: GatePolicy) -> list[_Face]:
+        """Decode, locate, select, align and gate each image here; embed them in one batch."""
         chips: list[UInt8Array] = []
         qualities: list[FaceQuality] = []
         for i, data in enumerate(images):
@@ -300,9 +368,8 @@ class FaceService:
                 with self._timer.stage(DECODE):
                     image = self._decode(data, self._settings.decode)
                 self._remaining(deadline)
-                selected = select_face(self._analyzer.locate(image))  # times detect, landmarks
-                with self._timer.stage(ALIGN):
-                    chips.append(self._analyzer.align(image, selected.faces)[0])
+                gated = gate_face(image, self._analyzer, gate, self._timer)
+                chips.append(gated.chip)
             except FacegateError as exc:
                 if len(images) == 1:
                     raise
@@ -310,7 +377,7 @@ class FaceService:
                 raise type(exc)(
                     f"images[{i}]: {exc.message}", metadata={**exc.metadata, "image_index": str(i)}
                 ) from exc
-            qualities.append(selected.quality)
+            qualities.append(gated.quality)
         vectors = self._runs.embed(chips, self._remaining(deadline))
         return [_Face(v, q) for v, q in zip(vectors, qualities, strict=True)]
 
@@ -343,7 +410,7 @@ class FaceService:
         gallery = self._gallery(coll)
         faces = [
             _Face(self._protect(coll, f.embedding), f.quality)
-            for f in self._faces(images, deadline)
+            for f in self._faces(images, deadline, coll.enroll_gate)
         ]
         digests = [self._digest(img) for img in images]
         with coll.lock:
@@ -351,15 +418,18 @@ class FaceService:
                 if self._collections.get(coll.row.name) is not coll:
                     raise UnknownCollection(f"collection {coll.row.name!r} was deleted")
             existing = self._store.user_faces(coll.row.name, uid)
-            plan = plan_enrollment(
-                uid=uid,
-                embeddings=[f.embedding for f in faces],
-                digests=digests,
-                existing=existing,
-                gallery=gallery,
-                threshold=coll.row.threshold,
-                allow_duplicate=req.allow_duplicate,
-            )
+            try:
+                plan = plan_enrollment(
+                    uid=uid,
+                    embeddings=[f.embedding for f in faces],
+                    digests=digests,
+                    existing=existing,
+                    gallery=gallery,
+                    threshold=coll.row.threshold,
+                    allow_duplicate=req.allow_duplicate,
+                )
+            except DuplicateFace as exc:
+                raise _as_seen_by_caller(exc) from None
             user = self._store.get_user(coll.row.name, uid) if existing else None
             had_phone = user is not None and user.phone_bucket is not None
             nothing_to_do = existing and not plan.new_faces and not metadata and phone is None
@@ -418,7 +488,7 @@ class FaceService:
             )
             embedding, box = probe.embedding, probe.face
         else:
-            face = self._faces([checks.image(req.image)], deadline)[0]
+            face = self._faces([checks.image(req.image)], deadline, coll.identify_gate)[0]
             # Probe tokens keep this protected embedding, so a retry needs no transform.
             embedding, box = self._protect(coll, face.embedding), face.quality.box
         if hint_required_by_size(policy, gallery.count_uids(), bucket is not None):
@@ -454,7 +524,7 @@ class FaceService:
         image = checks.image(req.image)
         gallery = self._gallery(coll)
         self._require_user(coll, uid)
-        face = self._faces([image], deadline)[0]
+        face = self._faces([image], deadline, coll.identify_gate)[0]
         try:
             vectors = gallery.vectors_of(gallery.faces_of(uid))
         except UnknownId:
@@ -600,6 +670,29 @@ class FaceService:
             self._snapshots.stop()  # before the store closes under a running snapshot
         self._runs.close()
         self._store.close()
+
+
+# Roles that may learn which other user a refused enrolment's face belongs to.
+_SEES_DUPLICATE_UID = frozenset({Role.ENROLLER, Role.ADMIN})
+
+
+def _as_seen_by_caller(exc: DuplicateFace) -> DuplicateFace:
+    """The refusal as the calling principal may see it: enrollers and admins learn the
+    other uid (to merge or fix accounts); anyone else only that the face is taken."""
+    if current_principal().role in _SEES_DUPLICATE_UID:
+        return exc
+    hidden = {k: v for k, v in exc.metadata.items() if k != "uid"}
+    return DuplicateFace(
+        "the face matches another enrolled user; pass allow_duplicate to enrol anyway",
+        metadata=hidden,
+    )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("facegate")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
 
 
 def _user_info(row: UserRow) -> UserInfo:

@@ -1,8 +1,9 @@
-"""Choose the customer's face among the located ones, and describe it.
+"""Choose the customer's face among the located ones.
 
-A terminal's camera sees the customer in front and sometimes people behind. The largest
-face is the customer's; but when another face is nearly as large, facegate cannot tell who
-is paying and refuses (``MultipleFaces``) rather than risk charging the wrong person.
+A terminal's camera sees the customer in front and sometimes people behind: the largest face
+is the customer's. Whether another face is too close in size to tell who is paying is the
+quality gate's ``multiple_faces`` check (``service.pipeline.quality``), with the limit of the
+call's policy (``comparable_face_ratio``): one rule, one place, one configurable number.
 """
 
 from __future__ import annotations
@@ -11,19 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.domain import FaceBox, FaceQuality
-from service.errors import MultipleFaces, NoFace
+from service.errors import NoFace
 from service.pipeline.types import LocatedFaces
-
-# A second face at least this fraction of the largest face's area makes the photo ambiguous.
-COMPARABLE_AREA = 0.6
 
 
 @dataclass(frozen=True, slots=True)
 class SelectedFace:
-    index: int  # into the LocatedFaces
-    faces: LocatedFaces  # just the selected face (N = 1), ready for align()
-    quality: FaceQuality
+    index: int  # into the LocatedFaces given to select_face
+    face: LocatedFaces  # just the selected face (N = 1), ready for align()
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
@@ -33,38 +29,15 @@ def box_areas(boxes: np.ndarray) -> np.ndarray:
     return areas
 
 
-def inter_eye_distance(landmarks: np.ndarray) -> float:
-    """Distance between the eye centres of a 5-point set in dlib's order (outer and inner
-    corner of one eye, then of the other, then the nose base)."""
-    a = landmarks[0:2].mean(axis=0)
-    b = landmarks[2:4].mean(axis=0)
-    return float(np.hypot(*(a - b)))
-
-
-def select_face(faces: LocatedFaces, *, comparable_area: float = COMPARABLE_AREA) -> SelectedFace:
-    """The largest face, or ``NoFace`` / ``MultipleFaces``."""
-    n = len(faces)
-    if n == 0:
+def select_face(faces: LocatedFaces) -> SelectedFace:
+    """The largest face (the first of equals), or ``NoFace``."""
+    if len(faces) == 0:
         raise NoFace("no face was found in the image")
-    areas = box_areas(faces.boxes)
-    order = np.argsort(-areas, kind="stable")
-    best = int(order[0])
-    if n > 1:
-        second = int(order[1])
-        ratio = float(areas[second] / areas[best]) if areas[best] > 0 else 1.0
-        if ratio >= comparable_area:
-            raise MultipleFaces(
-                f"{n} faces found and the second largest is {ratio:.0%} the size of the "
-                "largest; only the paying customer may be in the picture",
-                metadata={"faces": str(n), "area_ratio": f"{ratio:.3f}"},
-            )
-    b = faces.boxes[best]
-    score = float(faces.scores[best])
-    box = FaceBox(float(b[0]), float(b[1]), float(b[2]), float(b[3]), score)
-    quality = FaceQuality(box, inter_eye_distance(faces.landmarks[best]), score)
+    best = int(np.argsort(-box_areas(faces.boxes), kind="stable")[0])
     one = LocatedFaces(
         boxes=np.ascontiguousarray(faces.boxes[best : best + 1]),
         scores=np.ascontiguousarray(faces.scores[best : best + 1]),
         landmarks=np.ascontiguousarray(faces.landmarks[best : best + 1]),
+        layout=faces.layout,
     )
-    return SelectedFace(best, one, quality)
+    return SelectedFace(best, one)

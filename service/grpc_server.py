@@ -125,6 +125,7 @@ class _Servicer:
             "GetUser": (pb.GetUserRequest, _get_user),
             "ListUsers": (pb.ListUsersRequest, _list_users),
             "ImportTemplates": (pb.ImportTemplatesRequest, _import_templates),
+            "GetServerInfo": (pb.GetServerInfoRequest, _get_server_info),
         }
         methods = set(pb.DESCRIPTOR.services_by_name["FaceGate"].methods_by_name)
         if methods != set(table):  # a new RPC in the proto must get a handler here
@@ -247,6 +248,11 @@ def _import_templates(svc: FaceServicePort, msg: Any, _: float | None) -> Any:
     return convert.import_templates_response_to_proto(svc.import_templates(req))
 
 
+def _get_server_info(svc: FaceServicePort, msg: Any, _: float | None) -> Any:
+    convert.get_server_info_request_from_proto(msg)
+    return convert.server_info_to_proto(svc.server_info())
+
+
 # ---------------------------------------------------------------- the server
 
 
@@ -349,6 +355,18 @@ class FaceGateServer(grpc.Server):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
+def warn_without_liveness(settings: Settings) -> None:
+    """Say loudly at start when no PAD model is configured: no face is checked for
+    liveness, whatever a collection's kind (GetServerInfo says so too)."""
+    if settings.liveness.model_dir is None:
+        log.warning(
+            "LIVENESS IS OFF: no [liveness] model_dir, so no face is checked for presentation "
+            "attacks (photos, screens), not even in pay collections. Set liveness.model_dir "
+            "to a directory with MiniFASNetV2.onnx and MiniFASNetV1SE.onnx "
+            "(FACEGATE_LIVENESS_MODEL_DIR). GetServerInfo reports liveness.configured=false."
+        )
+
+
 def _address(listen: str, port: int | None) -> str:
     if port is None:
         return listen
@@ -397,6 +415,7 @@ def create_server(
         interceptors = [metrics.interceptor(), *interceptors]
 
     address = _address(settings.listen, port)
+    warn_without_liveness(settings)
     credentials = server_credentials(settings.tls)  # checks the files before binding
     auth = build_auth(settings, address, _parse, tls_enabled=credentials is not None)
     if auth is not None:  # innermost, so outer interceptors (metrics) see refusals too

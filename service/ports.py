@@ -13,6 +13,7 @@ from service.domain import (
     IdentifyRequest,
     IdentifyResult,
     ImportTemplatesRequest,
+    ServerInfo,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -48,6 +49,8 @@ class FaceServicePort(Protocol):
     ) -> UserPage: ...
 
     def import_templates(self, req: ImportTemplatesRequest) -> tuple[int, ...]: ...
+
+    def server_info(self) -> ServerInfo: ...
 
     def stats(self) -> dict[str, int]: ...
 

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ __all__ = [
     "UserRow",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE collections (
@@ -78,7 +78,10 @@ CREATE TABLE collections (
     hint_required_above INTEGER NOT NULL,
     model_id            TEXT NOT NULL,
     created_at          REAL NOT NULL,
-    transform_gen       INTEGER NOT NULL DEFAULT 0  -- revocable templates: 0 = off
+    transform_gen       INTEGER NOT NULL DEFAULT 0,  -- revocable templates: 0 = off
+    enroll_quality      TEXT NOT NULL DEFAULT '{}',  -- JSON {limit name: value}, the
+    identify_quality    TEXT NOT NULL DEFAULT '{}',  -- collection's own quality limits
+    require_liveness    INTEGER  -- NULL: the server's rule for the kind, 0/1: own choice
 );
 CREATE TABLE users (
     collection   TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
@@ -117,7 +120,6 @@ CREATE TABLE changes (
 );
 CREATE INDEX changes_by_collection ON changes(collection_id, seq);
 """
-
 # Encryption bookkeeping (schema version 2). Key ids only; key material never lives here.
 _CRYPTO_SCHEMA = """
 CREATE INDEX faces_by_key ON faces(key_id);
@@ -146,6 +148,12 @@ ALTER TABLE faces ADD COLUMN key_id TEXT;
 ALTER TABLE faces ADD COLUMN transform_gen INTEGER NOT NULL DEFAULT 0;
 """
     + _CRYPTO_SCHEMA,
+    # 2 -> 3: per-collection quality limits and liveness requirement (defaults: none).
+    2: """
+ALTER TABLE collections ADD COLUMN enroll_quality TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE collections ADD COLUMN identify_quality TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE collections ADD COLUMN require_liveness INTEGER;
+""",
 }
 
 
@@ -262,17 +270,35 @@ class Store:
         hint_required_above: int,
         model_id: str,
         revocable: bool = False,
+        enroll_quality: Mapping[str, float] | None = None,
+        identify_quality: Mapping[str, float] | None = None,
+        require_liveness: bool | None = None,
     ) -> CollectionRow:
         """``revocable``: templates go through the collection's secret transform, whose
         generation 1 salt is drawn here (see ``service.template_transform``)."""
         now = time.time()
         gen = 1 if revocable else 0
+        enroll_q = dict(enroll_quality or {})
+        identify_q = dict(identify_quality or {})
         try:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO collections (name, kind, threshold, margin, hint_required_above,"
-                    " model_id, created_at, transform_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, kind, threshold, margin, hint_required_above, model_id, now, gen),
+                    " model_id, created_at, transform_gen, enroll_quality, identify_quality,"
+                    " require_liveness) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        kind,
+                        threshold,
+                        margin,
+                        hint_required_above,
+                        model_id,
+                        now,
+                        gen,
+                        json.dumps(enroll_q, sort_keys=True),
+                        json.dumps(identify_q, sort_keys=True),
+                        None if require_liveness is None else int(require_liveness),
+                    ),
                 )
                 cid = int(cur.lastrowid or 0)
                 if revocable:
@@ -285,7 +311,18 @@ class Store:
                 f"collection {name!r} already exists", metadata={"collection": name}
             ) from exc
         return CollectionRow(
-            cid, name, kind, threshold, margin, hint_required_above, model_id, now, gen
+            cid,
+            name,
+            kind,
+            threshold,
+            margin,
+            hint_required_above,
+            model_id,
+            now,
+            gen,
+            enroll_quality=enroll_q,
+            identify_quality=identify_q,
+            require_liveness=require_liveness,
         )
 
     def delete_collection(self, name: str) -> int:
@@ -307,10 +344,10 @@ class Store:
         row = self._one(_COLLECTION_SELECT + " WHERE name = ?", (name,))
         if row is None:
             raise _unknown_collection(name)
-        return CollectionRow(*row)
+        return _collection_row(row)
 
     def list_collections(self) -> list[CollectionRow]:
-        return [CollectionRow(*r) for r in self._all(_COLLECTION_SELECT + " ORDER BY name", ())]
+        return [_collection_row(r) for r in self._all(_COLLECTION_SELECT + " ORDER BY name", ())]
 
     def count_users(self, collection: str) -> int:
         return self._count("SELECT count(*) FROM users WHERE collection = ?", collection)
@@ -683,8 +720,26 @@ class Store:
 
 _COLLECTION_SELECT = (
     "SELECT id, name, kind, threshold, margin, hint_required_above, model_id, created_at,"
-    " transform_gen FROM collections"
+    " transform_gen, enroll_quality, identify_quality, require_liveness FROM collections"
 )
+
+
+def _collection_row(r: tuple[Any, ...]) -> CollectionRow:
+    cid, name, kind, threshold, margin, hint_required_above, model_id, created_at, gen = r[:9]
+    return CollectionRow(
+        cid,
+        name,
+        kind,
+        threshold,
+        margin,
+        hint_required_above,
+        model_id,
+        created_at,
+        gen,
+        enroll_quality=json.loads(r[9]),
+        identify_quality=json.loads(r[10]),
+        require_liveness=None if r[11] is None else bool(r[11]),
+    )
 _FACE_SELECT = (
     "SELECT f.face_id, f.uid, f.template, u.phone_bucket, f.image_digest, f.collection,"
     " f.model_id, f.key_id, f.transform_gen FROM faces f"

@@ -118,8 +118,8 @@ class SqliteDb:
 
     def migrate(self, schema: str, version: int, upgrades: Mapping[int, str]) -> int:
         """Create the schema in an empty database, or upgrade an older one step by step
-        (``upgrades[v]`` takes version v to v+1); refuse newer or foreign databases.
-        Returns the version found (0 = created)."""
+        (``upgrades[v]`` takes version v to v+1), in one transaction; refuse newer or
+        foreign databases. Returns the version found (0 = created)."""
         with self._write_lock:
             found = int(self.writer.execute("PRAGMA user_version").fetchone()[0])
             if found > version:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.pipeline.types import FloatArray
 
@@ -19,6 +19,11 @@ class CollectionRow:
     model_id: str
     created_at: float
     transform_gen: int = 0  # revocable templates: the secret transform's generation, 0 = off
+    # The collection's own quality limits ({limit name: value}) and liveness choice
+    # (None = the server's rule for its kind).
+    enroll_quality: Mapping[str, float] = field(default_factory=dict)
+    identify_quality: Mapping[str, float] = field(default_factory=dict)
+    require_liveness: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,10 @@ the fake "sees": how many faces, how large the second one is, whose face it is, 
 photo of that person (variant), and an optional blend with another person's face (to make
 look-alikes). Embeddings are fixed random directions per identity, plus a small per-variant
 perturbation, so two photos of one person score ~0.9 and two people ~0 +- 0.13.
+
+The fake's faces pass the real quality gate's strict enrolment preset: a frontal face of
+FAKE_FACE px (inter-eye 0.3 of that) inside the frame, and 150×150 textured, well-exposed
+chips that carry the identity in a corner pixel the gate does not look at.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from service.pipeline.types import DecodedImage, FloatArray, LocatedFaces, UInt8
 FAKE_DIM = 64
 FAKE_THRESHOLD = 0.6
 MARKER = 77
-_FACE = 40.0  # side of the main face box, px
+_FACE = 150.0  # side of the main face box, px
+FAKE_FACE = _FACE
+_SECOND_X = 8.0 + _FACE + 8.0  # a face box starting here is a second person
+_CHIP = 150
 _NOISE = 0.3 / np.sqrt(FAKE_DIM)  # per-variant perturbation: cos(variant, base) ~ 0.96
 
 
@@ -35,13 +42,15 @@ def face_png(
     blend_with: int | None = None,
     blend_pct: int = 50,
     background: int = 0,
-    size: int = 96,
+    size: int = 320,
 ) -> bytes:
     """A PNG the FakeAnalyzer reads as ``faces`` faces, the largest being ``identity``'s."""
     if not 0 <= identity < 65536 or not 0 <= variant < 256:
         raise ValueError("identity must fit 16 bits and variant 8 bits")
     rng = np.random.default_rng(background)
-    rgb = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    rgb = np.full((size, size, 3), 128, dtype=np.uint8)
+    # A noisy strip makes photos with different backgrounds different files (digests).
+    rgb[1:5] = rng.integers(0, 256, size=(4, size, 3), dtype=np.uint8)
     rgb[0, 0] = (MARKER, faces, second_area_pct)
     rgb[0, 1] = (identity & 255, identity >> 8, variant)
     if blend_with is None:
@@ -77,6 +86,12 @@ def expected_embedding(
             1_000_000 + identity * 256 + variant
         ).standard_normal(FAKE_DIM)
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+# Sharp (noise) and well exposed (mean 128): passes the quality gate's sharpness and exposure.
+_TEXTURE = np.clip(
+    np.random.default_rng(7).normal(128.0, 30.0, (_CHIP, _CHIP, 1)).repeat(3, axis=2), 0, 255
+).astype(np.uint8)
 
 
 class FakeAnalyzer:
@@ -122,17 +137,19 @@ class FakeAnalyzer:
         n = int(px[0, 0, 1])
         second = _FACE * float(np.sqrt(int(px[0, 0, 2]) / 100.0))
         boxes = [(8.0, 8.0, 8.0 + _FACE, 8.0 + _FACE)]
-        boxes += [(50.0, 8.0, 50.0 + second, 8.0 + second)] * (n - 1)
+        boxes += [(_SECOND_X, 8.0, _SECOND_X + second, 8.0 + second)] * (n - 1)
         b = np.array(boxes, dtype=np.float32).reshape(-1, 4)
         lm = np.stack(
             [
                 np.array(
                     [
-                        [x0 + 0.7 * w, y0 + 0.4 * w],
-                        [x0 + 0.6 * w, y0 + 0.4 * w],
-                        [x0 + 0.3 * w, y0 + 0.4 * w],
-                        [x0 + 0.4 * w, y0 + 0.4 * w],
-                        [x0 + 0.5 * w, y0 + 0.7 * w],
+                        # dlib order; eye centres 0.3 w apart, the nose base at the
+                        # frontal drop (0.75 eye distances) below them: a frontal face.
+                        [x0 + 0.72 * w, y0 + 0.4 * w],
+                        [x0 + 0.58 * w, y0 + 0.4 * w],
+                        [x0 + 0.28 * w, y0 + 0.4 * w],
+                        [x0 + 0.42 * w, y0 + 0.4 * w],
+                        [x0 + 0.5 * w, y0 + 0.625 * w],
                     ],
                     dtype=np.float32,
                 )
@@ -142,13 +159,14 @@ class FakeAnalyzer:
         return LocatedFaces(b, np.ones(len(b), np.float32), lm)
 
     def align(self, image: DecodedImage, faces: LocatedFaces) -> UInt8Array:
-        """4x4 'chips' carrying the identity of each face (the second face is another person)."""
+        """Textured chips carrying the identity of each face in their corner pixels (the
+        second face is another person)."""
         px = image.rgb
         identity = int(px[0, 1, 0]) | (int(px[0, 1, 1]) << 8)
-        chips = np.zeros((len(faces), 4, 4, 3), dtype=np.uint8)
+        chips = np.repeat(_TEXTURE[None], len(faces), axis=0)
         for i in range(len(faces)):
-            # A face at x=50 is a second person: identity + 1000.
-            ident = identity if faces.boxes[i, 0] < 50 else (identity + 1000) % 65536
+            # A face at _SECOND_X is a second person: identity + 1000.
+            ident = identity if faces.boxes[i, 0] < _SECOND_X else (identity + 1000) % 65536
             chips[i, 0, 0] = (ident & 255, ident >> 8, px[0, 1, 2])
             chips[i, 0, 1] = px[0, 2]
         return chips

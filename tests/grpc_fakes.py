@@ -31,6 +31,9 @@ from service.domain import (
     IdentifyRequest,
     IdentifyResult,
     ImportTemplatesRequest,
+    LivenessInfo,
+    QualityPolicy,
+    ServerInfo,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -259,6 +262,19 @@ class FakeFaceService:
         return tuple(ids)
 
     # ---------------------------------------------------------------- lifecycle
+    def server_info(self) -> ServerInfo:
+        self._check()
+        return ServerInfo(
+            version="0.0-fake",
+            model_pack="fake",
+            model_id="fake/1",
+            embedding_dim=self.embedding_dim,
+            default_threshold=THRESHOLD,
+            liveness=LivenessInfo(configured=False),
+            enroll_quality=QualityPolicy.enroll(),
+            identify_quality=QualityPolicy.identify(),
+        )
+
     def stats(self) -> dict[str, int]:
         return {"collections": len(self.collections)}
 

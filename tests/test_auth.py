@@ -174,8 +174,16 @@ def test_health_and_reflection_need_no_key(served: tuple[grpc.Channel, Recording
 
 # The table, written out here rather than read from service.auth.RULES.
 ALLOWED = {
-    "terminal": {"Identify", "Verify"},
-    "enroller": {"Identify", "Verify", "Enroll", "DeleteUser", "GetUser", "ListUsers"},
+    "terminal": {"Identify", "Verify", "GetServerInfo"},
+    "enroller": {
+        "Identify",
+        "Verify",
+        "GetServerInfo",
+        "Enroll",
+        "DeleteUser",
+        "GetUser",
+        "ListUsers",
+    },
     "admin": set(pb.DESCRIPTOR.services_by_name["FaceGate"].methods_by_name),
 }
 REQUESTS: dict[str, Message] = {
@@ -190,6 +198,7 @@ REQUESTS: dict[str, Message] = {
     "GetUser": pb.GetUserRequest(collection="shop", uid="ghost"),
     "ListUsers": pb.ListUsersRequest(collection="shop"),
     "ImportTemplates": pb.ImportTemplatesRequest(collection="shop", model_id="fake/1"),
+    "GetServerInfo": pb.GetServerInfoRequest(),
 }
 
 

@@ -24,6 +24,10 @@ from service.domain import (
     IdentifyRequest,
     IdentifyResult,
     ImportTemplatesRequest,
+    LivenessInfo,
+    QualityLimits,
+    QualityPolicy,
+    ServerInfo,
     UserInfo,
     UserPage,
     VerifyRequest,
@@ -33,6 +37,39 @@ from service.errors import InvalidArgument
 
 BOX = FaceBox(left=10.5, top=20.25, right=110.0, bottom=130.75, score=0.987)
 QUALITY = FaceQuality(box=BOX, inter_eye_px=41.5, detection_score=0.987)
+FULL_QUALITY = FaceQuality(
+    box=BOX,
+    inter_eye_px=52.25,
+    detection_score=1.5,
+    sharpness=312.5,
+    yaw_deg=-3.25,
+    pitch_deg=4.5,
+    roll_deg=0.75,
+    brightness=121.5,
+    clipped_fraction=0.0125,
+    outside_fraction=0.0,
+    other_face_ratio=0.25,
+    face_count=2,
+    liveness_score=0.0,  # set, and zero: must not read back as "not run"
+)
+LIMITS = QualityLimits(min_sharpness=20.0, max_yaw_deg=0.0, comparable_face_ratio=0.75)
+LIVENESS = LivenessInfo(
+    configured=True,
+    model_ids=("MiniFASNetV2.onnx@sha256:ab", "MiniFASNetV1SE.onnx@sha256:cd"),
+    threshold=0.5,
+    required_for=(CollectionKind.PAY,),
+    check_enroll=True,
+)
+SERVER = ServerInfo(
+    version="1.2.3",
+    model_pack="dlib-default",
+    model_id="dlib-default/resnet128",
+    embedding_dim=128,
+    default_threshold=0.93,
+    liveness=LIVENESS,
+    enroll_quality=QualityPolicy.enroll(),
+    identify_quality=LIMITS.apply(QualityPolicy.identify()),
+)
 INFO = CollectionInfo(
     name="shop-1",
     kind=CollectionKind.PAY,
@@ -43,6 +80,23 @@ INFO = CollectionInfo(
     user_count=3,
     face_count=7,
     created_at=1_700_000_000.5,
+)
+INFO_WITH_POLICIES = CollectionInfo(
+    name="pay-1",
+    kind=CollectionKind.PAY,
+    threshold=0.62,
+    margin=0.05,
+    hint_required_above=0,
+    model_id="dlib-default/resnet128",
+    user_count=0,
+    face_count=0,
+    created_at=1_700_000_000.0,
+    embedding_dim=128,
+    enroll_quality_overrides=LIMITS,
+    enroll_quality=LIMITS.apply(QualityPolicy.enroll()),
+    identify_quality=QualityPolicy.identify(),
+    require_liveness=False,
+    liveness_active=False,
 )
 USER = UserInfo(
     collection="shop-1",
@@ -57,15 +111,27 @@ USER = UserInfo(
 # Several domain values per message, covering unset optionals and empty repeated fields.
 SAMPLES: dict[str, list[Any]] = {
     "facegate.v1.FaceBox": [BOX, FaceBox(0.0, 0.0, 0.0, 0.0, 0.0)],
-    "facegate.v1.FaceQuality": [QUALITY],
+    "facegate.v1.FaceQuality": [QUALITY, FULL_QUALITY],
+    "facegate.v1.QualityLimits": [QualityLimits(), LIMITS],
+    "facegate.v1.GetServerInfoRequest": [None],
+    "facegate.v1.LivenessInfo": [LivenessInfo(configured=False), LIVENESS],
+    "facegate.v1.ServerInfo": [SERVER],
     "facegate.v1.Candidate": [Candidate("u-1", 0.91), Candidate("u-2", -0.25)],
     "facegate.v1.CreateCollectionRequest": [
         CollectionSpec(name="c"),
         CollectionSpec(name="c", kind=CollectionKind.PAY, threshold=0.7, margin=0.0),
         CollectionSpec(name="c", threshold=0.0, hint_required_above=0),
         CollectionSpec(name="c", kind=CollectionKind.MEMBER, hint_required_above=1000),
+        CollectionSpec(
+            name="c",
+            kind=CollectionKind.MEMBER,
+            enroll_quality=LIMITS,
+            identify_quality=QualityLimits(max_outside_fraction=0.5),
+            require_liveness=True,
+        ),
+        CollectionSpec(name="c", kind=CollectionKind.PAY, require_liveness=False),
     ],
-    "facegate.v1.Collection": [INFO],
+    "facegate.v1.Collection": [INFO, INFO_WITH_POLICIES],
     "facegate.v1.DeleteCollectionRequest": ["shop-1"],
     "facegate.v1.DeleteCollectionResponse": [None],
     "facegate.v1.GetCollectionRequest": ["shop-1"],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FAKE_THRESHOLD, FakeAnalyzer, face_png, no_face_png
+from fakes import FAKE_FACE, FAKE_THRESHOLD, FakeAnalyzer, face_png, no_face_png
 
 from index import IndexConfig
 from service.app import build_service
@@ -124,7 +124,7 @@ def test_enroll_identify_verify_delete(svc: FaceService) -> None:
     svc.create_collection(CollectionSpec("shop"))
     a = enroll(svc, "alice", ALICE, 0, 1, metadata={"tier": "gold"})
     assert a.created and len(a.face_ids) == 2 and len(a.qualities) == 2
-    assert a.qualities[0].box.right - a.qualities[0].box.left == 40
+    assert a.qualities[0].box.right - a.qualities[0].box.left == FAKE_FACE
     enroll(svc, "bob", BOB)
 
     r = identify(svc, face_png(ALICE, 7))

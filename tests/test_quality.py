@@ -30,7 +30,7 @@ def head_landmarks(
         [
             [0.5 + half_eye, 0, 0], [0.5 - half_eye, 0, 0],  # image-right eye: outer, inner
             [-0.5 - half_eye, 0, 0], [-0.5 + half_eye, 0, 0],  # image-left eye: outer, inner
-            [0, q.FRONTAL_NOSE_DROP, -q.NOSE_DEPTH],  # nose base, towards the camera (-z)
+            [0, q.FRONTAL_NOSE_DROP[q.DLIB5], -q.NOSE_DEPTH],  # nose base, towards the camera (-z)
         ]
     )  # fmt: skip
     y, p, r = (math.radians(a) for a in (yaw, pitch, roll))
@@ -102,7 +102,7 @@ def test_pitch_is_recovered_within_its_range(pitch: float) -> None:
 def test_bowed_head_pitch_is_underestimated() -> None:
     """Documented limitation: the nose drop peaks at −α, so a head bowed beyond it reads as
     a smaller bow (never below −α)."""
-    alpha = math.degrees(math.atan2(q.NOSE_DEPTH, q.FRONTAL_NOSE_DROP))
+    alpha = math.degrees(math.atan2(q.NOSE_DEPTH, q.FRONTAL_NOSE_DROP[q.DLIB5]))
     for pitch in (-35.0, -50.0):
         est = q.estimate_pose(head_landmarks(pitch=pitch))
         assert -alpha - 0.01 <= est[1] and pitch < est[1]
@@ -370,3 +370,83 @@ def test_frontal_lfw_photos_pass_identify_and_look_frontal(analyzer) -> None:  #
     median = np.median(np.asarray(poses), axis=0)
     assert np.all(np.abs(median) < 6.0), median
     assert len(failed) <= 2, failed
+
+
+# ---- landmark layouts ----------------------------------------------------------------------
+
+
+def arcface_landmarks(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
+    """The pose model's head in the arcface5 order: image-left eye centre, image-right eye
+    centre, nose tip, image-left and image-right mouth corners."""
+    dlib = head_landmarks(yaw, pitch, roll)
+    drop = q.FRONTAL_NOSE_DROP[q.ARCFACE5]
+    y, p, r = (math.radians(a) for a in (yaw, pitch, roll))
+    ry = np.array([[math.cos(y), 0, -math.sin(y)], [0, 1, 0], [math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), math.sin(p)], [0, -math.sin(p), math.cos(p)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    nose = (np.array([0.0, drop, -q.NOSE_DEPTH]) @ (rz @ ry @ rx).T)[:2] * 60.0 + 200.0
+    right = dlib[0:2].mean(axis=0)
+    left = dlib[2:4].mean(axis=0)
+    mouth = dlib[4] + np.array([0.0, 30.0])  # the mouth corners play no part in the pose
+    side = np.array([15.0, 0.0])
+    out = np.stack([left, right, nose, mouth - side, mouth + side])
+    return out.astype(np.float32)
+
+
+def test_arcface_layout_reads_the_eye_centres() -> None:
+    lm = arcface_landmarks()
+    right, left = q.eye_centres(lm, q.ARCFACE5)
+    assert right[0] > left[0]  # image-right eye is the second point
+    assert q.inter_eye_distance(lm, q.ARCFACE5) == pytest.approx(60.0, abs=0.01)
+    assert q.inter_eye_distance(head_landmarks(), q.DLIB5) == pytest.approx(60.0, abs=0.01)
+
+
+@pytest.mark.parametrize(("yaw", "pitch", "roll"), [(0, 0, 0), (30, 0, 0), (-20, 15, 10)])
+def test_arcface_layout_pose(yaw: float, pitch: float, roll: float) -> None:
+    est = q.estimate_pose(arcface_landmarks(yaw, pitch, roll), q.ARCFACE5)
+    assert est == pytest.approx([yaw, pitch, roll], abs=0.1)
+    # Read as dlib points, the same five points mean something else entirely.
+    assert abs(q.estimate_pose(arcface_landmarks(yaw, pitch, roll))[2] - roll) > 30
+
+
+def test_unknown_or_uncalibrated_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidArgument, match="unknown landmark layout"):
+        q.eye_centres(head_landmarks(), "mediapipe468")
+    points = arcface_landmarks()
+    monkeypatch.delitem(q.FRONTAL_NOSE_DROP, q.ARCFACE5)
+    with pytest.raises(InvalidArgument, match="no frontal nose offset"):
+        q.estimate_pose(points, q.ARCFACE5)
+
+
+def test_assess_honours_the_layout() -> None:
+    lm = arcface_landmarks(yaw=30.0)
+    faces = LocatedFaces(
+        boxes=np.asarray([[140, 140, 260, 260]], np.float32),
+        scores=np.ones(1, np.float32),
+        landmarks=lm[None],
+        layout=q.ARCFACE5,
+    )
+    report = q.assess(blank_image(), faces, 0, textured_chip(), policy=ENROLL)
+    assert report.yaw_deg == pytest.approx(30.0, abs=0.1)
+    assert report.inter_eye_px == pytest.approx(60.0 * math.cos(math.radians(30)), abs=0.05)
+    assert [f.check for f in report.failures] == ["yaw"]
+
+
+def test_yunet_lfw_landmarks_look_frontal_with_the_arcface_layout() -> None:
+    """What calibrates FRONTAL_NOSE_DROP["arcface5"]: YuNet's points on LFW (mostly frontal
+    press photos) must centre on a frontal pose, as dlib's do."""
+    from conftest import SHARED_MODELS
+    from yunet_points import YuNetPoints
+
+    model = SHARED_MODELS / "detectors" / "face_detection_yunet_2023mar.onnx"
+    root = require_shared_faces() / "lfw-devtrain" / "images"
+    if not model.is_file():
+        pytest.skip(f"needs the YuNet model at {model}")
+    yunet = YuNetPoints(model)
+    every = sorted(root.glob("*/*_0001.jpg"))
+    paths = every[:: max(1, len(every) // 60)][:60]
+    points = [yunet.largest(np.asarray(Image.open(p).convert("RGB"))) for p in paths]
+    found = np.stack([p for p in points if p is not None])
+    assert len(found) >= 55
+    median = np.median(q.estimate_pose(found, q.ARCFACE5), axis=0)
+    assert np.all(np.abs(median) < 6.0), median

@@ -24,7 +24,7 @@ from service.data_keys import (
 )
 from service.errors import DataKeyError, TemplateUnreadable
 from service.snapshot_cipher import PlaintextSnapshot, SnapshotCipher
-from service.store import NewFace, Store
+from service.store import SCHEMA_VERSION, NewFace, Store
 from service.store_db import StoreInUse
 from service.template_crypto import TemplateCipher
 
@@ -255,7 +255,7 @@ def test_a_schema_1_plaintext_store_is_sealed_on_first_open(tmp_path: Path) -> N
     blob = raw_files(tmp_path)
     assert not any(contains_template(blob, vec(i)) for i in range(30))
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT count(*) FROM faces WHERE key_id IS NULL").fetchone()[0] == 0
     conn.close()
     # Later plaintext rows are not migrated silently: they are tampering.

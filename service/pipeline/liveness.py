@@ -160,18 +160,17 @@ def _softmax_real(logits: FloatArray) -> FloatArray:
     return real
 
 
-def _read_pinned(model: LivenessModel) -> bytes:
+def _read_pinned(model: LivenessModel) -> tuple[bytes, str]:
     try:
         data = model.path.read_bytes()
     except OSError as exc:
         raise ModelPackError(f"cannot read liveness model {model.path}: {exc}") from None
-    if model.sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != model.sha256:
-            raise ModelPackError(
-                f"liveness model {model.path} has sha256 {digest}, expected {model.sha256}"
-            )
-    return data
+    digest = hashlib.sha256(data).hexdigest()
+    if model.sha256 is not None and digest != model.sha256:
+        raise ModelPackError(
+            f"liveness model {model.path} has sha256 {digest}, expected {model.sha256}"
+        )
+    return data, digest
 
 
 def _with_free_batch(data: bytes) -> bytes | None:
@@ -200,7 +199,7 @@ class _Session:
 
     def __init__(self, model: LivenessModel, threads: int) -> None:
         self.model = model
-        data = _read_pinned(model)
+        data, self.sha256 = _read_pinned(model)
         size = model.input_size
 
         def load(blob: bytes) -> ort.InferenceSession:
@@ -274,6 +273,11 @@ class LivenessDetector:
         self.threshold = float(threshold)
         self.models: tuple[LivenessModel, ...] = tuple(models)
         self._sessions = [_Session(m, threads) for m in self.models]
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        """Each model as ``<file name>@sha256:<digest of the file loaded>``."""
+        return tuple(f"{s.model.path.name}@sha256:{s.sha256}" for s in self._sessions)
 
     def score(self, image: DecodedImage, boxes: npt.ArrayLike) -> FloatArray:
         """(N,) float32 fused real-probability in [0, 1], one per [left, top, right, bottom] box."""

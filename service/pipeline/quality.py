@@ -28,7 +28,7 @@ Measurements (all cheap numpy, well under a millisecond per face):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -36,16 +36,66 @@ import numpy.typing as npt
 from service.errors import InvalidArgument, LowQuality, MultipleFaces, NoFace
 from service.pipeline.types import DecodedImage, FloatArray, LocatedFaces, UInt8Array
 
-# Pose model (see estimate_pose). Depth of the nose base in front of the eye centres, in
+# Pose model (see estimate_pose). Depth of the nose point in front of the eye centres, in
 # units of the eye-centre distance: 0.41 on MediaPipe's canonical face model (eye centres
 # 6.30 cm apart, nose base 2.59 cm in front of them, 4.71 cm below them). The frontal
-# vertical offset is calibrated on dlib landmarks instead (see FRONTAL_NOSE_DROP).
+# vertical offset is calibrated per landmark layout instead (see FRONTAL_NOSE_DROP).
 NOSE_DEPTH = 0.41
-# Vertical offset of the nose base below the eye line over the eye-centre distance, yaw
-# corrected, for a frontal face: median 0.750 on dlib 5-point landmarks of 300 LFW photos
-# (mostly near-frontal; MediaPipe's canonical model gives 0.75 too). tests/test_quality.py
-# checks that LFW's median pose stays near zero with it.
-FRONTAL_NOSE_DROP = 0.75
+
+# Landmark layouts (``LocatedFaces.layout``): which rows of the (5, 2) points are the eyes
+# and the nose. "dlib5": image-right eye outer, inner, image-left eye outer, inner corners,
+# nose base. "arcface5": image-left eye centre, image-right eye centre, nose tip, image-left
+# mouth corner, image-right mouth corner (the subject's right eye first, as in the ArcFace
+# template and YuNet/SCRFD/RetinaFace outputs).
+DLIB5 = "dlib5"
+ARCFACE5 = "arcface5"
+
+
+@dataclass(frozen=True, slots=True)
+class LandmarkLayout:
+    image_right_eye: tuple[int, ...]  # rows averaged into the image-right eye centre
+    image_left_eye: tuple[int, ...]
+    nose: int
+
+
+LAYOUTS: dict[str, LandmarkLayout] = {
+    DLIB5: LandmarkLayout(image_right_eye=(0, 1), image_left_eye=(2, 3), nose=4),
+    ARCFACE5: LandmarkLayout(image_right_eye=(1,), image_left_eye=(0,), nose=2),
+}
+
+# Vertical offset of the nose point below the eye line over the eye-centre distance, yaw
+# corrected, for a frontal face, per layout (the nose base and the nose tip sit at different
+# heights). dlib5: median 0.750 on dlib 5-point landmarks of 300 LFW photos (mostly
+# near-frontal; MediaPipe's canonical model gives 0.75 too). arcface5: 0.59, the value that
+# puts the median estimated pitch of YuNet-2023mar landmarks of 300 LFW photos (every 13th
+# person's first photo) at zero; the same procedure on dlib landmarks of those photos gives
+# 0.743. tests/test_quality.py checks that LFW's median pose stays near zero with both.
+# NOSE_DEPTH is the nose base's for both; the tip stands further out, so yaw reads somewhat
+# high for arcface5 (errs strict). A layout missing here has no measured value: estimate_pose
+# refuses it rather than guess.
+FRONTAL_NOSE_DROP: dict[str, float] = {DLIB5: 0.75, ARCFACE5: 0.59}
+
+
+def layout_of(name: str) -> LandmarkLayout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise InvalidArgument(
+            f"unknown landmark layout {name!r}; known: {', '.join(sorted(LAYOUTS))}"
+        ) from None
+
+
+def frontal_nose_drop(layout: str) -> float:
+    layout_of(layout)
+    try:
+        return FRONTAL_NOSE_DROP[layout]
+    except KeyError:
+        raise InvalidArgument(
+            f"no frontal nose offset is calibrated for landmark layout {layout!r}, so head "
+            "pose cannot be estimated from it; measure its median on frontal photos and add "
+            "it to quality.FRONTAL_NOSE_DROP"
+        ) from None
+
 
 # Luma at or beyond these counts as clipped (no detail left).
 CLIP_DARK = 8
@@ -111,6 +161,58 @@ class QualityPolicy:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class QualityLimits:
+    """A partial ``QualityPolicy``: the limits to change, None = keep the base policy's.
+
+    Server settings (``[quality.enroll]``, ``[quality.identify]``) apply on top of the
+    presets, and a collection's own limits on top of those.
+    """
+
+    min_inter_eye_px: float | None = None
+    min_sharpness: float | None = None
+    max_yaw_deg: float | None = None
+    max_pitch_deg: float | None = None
+    max_roll_deg: float | None = None
+    min_brightness: float | None = None
+    max_brightness: float | None = None
+    max_clipped_fraction: float | None = None
+    max_outside_fraction: float | None = None
+    comparable_face_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            name, value = f.name, getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidArgument(
+                    f"quality limit {name} must be a number", metadata={"field": name}
+                )
+            if not math.isfinite(value) or value < 0:
+                raise InvalidArgument(
+                    f"quality limit {name} must be a finite number >= 0, got {value}",
+                    metadata={"field": name},
+                )
+
+    def items(self) -> dict[str, float]:
+        """The limits that are set, by name."""
+        return {
+            f.name: float(getattr(self, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+    def apply(self, base: QualityPolicy) -> QualityPolicy:
+        """``base`` with these limits replacing its own (``InvalidArgument`` when the result
+        is inconsistent, e.g. min_brightness above max_brightness)."""
+        return replace(base, **self.items()) if self.items() else base
+
+    def then(self, top: QualityLimits) -> QualityLimits:
+        """These limits with ``top``'s set ones replacing them."""
+        return QualityLimits(**{**self.items(), **top.items()})
+
+
 @dataclass(frozen=True, slots=True)
 class QualityFailure:
     """One failed check: its name, the measured value and the limit it broke."""
@@ -140,20 +242,36 @@ class FaceQualityReport:
         return not self.failures
 
 
-def eye_centres(landmarks: npt.NDArray[np.floating]) -> tuple[FloatArray, FloatArray]:
-    """(..., 2) image-right and image-left eye centres of (..., 5, 2) dlib 5-point landmarks."""
-    lm = np.asarray(landmarks, np.float64)
-    right = lm[..., 0:2, :].mean(axis=-2)
-    left = lm[..., 2:4, :].mean(axis=-2)
+def _eyes(lm: npt.NDArray[np.float64], layout: str) -> tuple[np.ndarray, np.ndarray]:
+    spec = layout_of(layout)
+    right = lm[..., list(spec.image_right_eye), :].mean(axis=-2)
+    left = lm[..., list(spec.image_left_eye), :].mean(axis=-2)
+    return right, left
+
+
+def eye_centres(
+    landmarks: npt.NDArray[np.floating], layout: str = DLIB5
+) -> tuple[FloatArray, FloatArray]:
+    """(..., 2) image-right and image-left eye centres of (..., 5, 2) 5-point landmarks in
+    ``layout`` (dlib5: mean of each eye's two corners; arcface5: the eye-centre points)."""
+    right, left = _eyes(np.asarray(landmarks, np.float64), layout)
     return right.astype(np.float32), left.astype(np.float32)
 
 
-def estimate_pose(landmarks: npt.NDArray[np.floating]) -> FloatArray:
-    """(..., 3) [yaw, pitch, roll] in degrees from (..., 5, 2) dlib 5-point landmarks.
+def inter_eye_distance(landmarks: npt.NDArray[np.floating], layout: str = DLIB5) -> float:
+    """Distance in pixels between the two eye centres of one (5, 2) landmark set."""
+    right, left = eye_centres(landmarks, layout)
+    return float(np.hypot(*(right - left)))
+
+
+def estimate_pose(landmarks: npt.NDArray[np.floating], layout: str = DLIB5) -> FloatArray:
+    """(..., 3) [yaw, pitch, roll] in degrees from (..., 5, 2) 5-point landmarks in ``layout``
+    (``InvalidArgument`` for a layout without a calibrated FRONTAL_NOSE_DROP).
 
     An ESTIMATE, good to several degrees near frontal and coarse beyond: the five points are
-    fitted with a rigid average head — eyes level at depth 0, nose base H = FRONTAL_NOSE_DROP
-    eye-distances below the eye line and D = NOSE_DEPTH in front — seen orthographically.
+    fitted with a rigid average head — eyes level at depth 0, nose point H =
+    FRONTAL_NOSE_DROP[layout] eye-distances below the eye line and D = NOSE_DEPTH in front —
+    seen orthographically.
 
     * roll: angle of the line from the image-left to the image-right eye centre; undone
       before anything else.
@@ -170,24 +288,24 @@ def estimate_pose(landmarks: npt.NDArray[np.floating]) -> FloatArray:
       yaw no longer moves it sideways and a drop beyond the model's maximum is read as yaw
       (the smaller-yaw root), which fails the yaw check instead of the pitch check.
     """
+    drop = frontal_nose_drop(layout)
     lm = np.asarray(landmarks, np.float64)
-    right = lm[..., 0:2, :].mean(axis=-2)
-    left = lm[..., 2:4, :].mean(axis=-2)
-    nose = lm[..., 4, :]
+    right, left = _eyes(lm, layout)
+    nose = lm[..., layout_of(layout).nose, :]
     eye = right - left
     d = np.maximum(np.hypot(eye[..., 0], eye[..., 1]), 1e-9)
     roll = np.arctan2(eye[..., 1], eye[..., 0])
     off = nose - (right + left) / 2
     c, s = np.cos(roll), np.sin(roll)
     u = (c * off[..., 0] + s * off[..., 1]) / d
-    r2 = FRONTAL_NOSE_DROP**2 + NOSE_DEPTH**2
+    r2 = drop**2 + NOSE_DEPTH**2
     v = (-s * off[..., 0] + c * off[..., 1]) / d
     total = u * u + v * v + r2
     # The smaller root, written so v = 0 needs no special case.
     cos2 = 2.0 * r2 / (total + np.sqrt(np.maximum(total * total - 4.0 * v * v * r2, 0.0)))
     cos_yaw = np.sqrt(np.clip(cos2, 0.0, 1.0))
     yaw = np.sign(u) * np.arccos(cos_yaw)
-    alpha = math.atan2(NOSE_DEPTH, FRONTAL_NOSE_DROP)
+    alpha = math.atan2(NOSE_DEPTH, drop)
     pitch = np.arccos(np.clip(v * cos_yaw / math.sqrt(r2), -1.0, 1.0)) - alpha
     out: FloatArray = np.degrees(np.stack([yaw, pitch, roll], axis=-1)).astype(np.float32)
     return out
@@ -271,9 +389,8 @@ def assess(
         raise NoFace("no face was found in the image")
     _validate(image, faces, index, chip)
     lm = faces.landmarks[index]
-    right, left = eye_centres(lm)
-    inter_eye = float(np.hypot(*(right - left)))
-    yaw, pitch, roll = (float(v) for v in estimate_pose(lm))
+    inter_eye = inter_eye_distance(lm, faces.layout)
+    yaw, pitch, roll = (float(v) for v in estimate_pose(lm, faces.layout))
     centre = chip_centre(chip)
     grey = _luma(centre)
     clipped = float(np.mean((grey <= CLIP_DARK) | (grey >= CLIP_BRIGHT)))

@@ -57,13 +57,20 @@ class Detections:
 class LocatedFaces:
     """Detections with the five alignment landmarks: boxes (N,4), scores (N,), landmarks (N,5,2).
 
-    Landmark order is the model pack's own (dlib: image-right eye outer/inner, image-left eye
-    outer/inner, nose base); alignment uses the pack's matching template.
+    ``layout`` names the landmark order, which is the detector's own; alignment uses the
+    pack's matching template and the quality gate reads eyes and nose by it:
+
+    * ``"dlib5"``: image-right eye outer and inner corner, image-left eye outer and inner
+      corner, nose base (dlib's 5-point shape predictor).
+    * ``"arcface5"``: image-left eye centre, image-right eye centre, nose tip, image-left
+      mouth corner, image-right mouth corner (the subject's right side first, as in the
+      ArcFace 112×112 template; YuNet, SCRFD and RetinaFace give this order).
     """
 
     boxes: FloatArray
     scores: FloatArray
     landmarks: FloatArray
+    layout: str = "dlib5"
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])

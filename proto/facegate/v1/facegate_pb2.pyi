@@ -47,33 +47,83 @@ class FaceBox(_message.Message):
     def __init__(self, left: _Optional[float] = ..., top: _Optional[float] = ..., right: _Optional[float] = ..., bottom: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
 
 class FaceQuality(_message.Message):
-    __slots__ = ("box", "inter_eye_px", "detection_score")
+    __slots__ = ("box", "inter_eye_px", "detection_score", "sharpness", "yaw_deg", "pitch_deg", "roll_deg", "brightness", "clipped_fraction", "outside_fraction", "other_face_ratio", "face_count", "liveness_score")
     BOX_FIELD_NUMBER: _ClassVar[int]
     INTER_EYE_PX_FIELD_NUMBER: _ClassVar[int]
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SHARPNESS_FIELD_NUMBER: _ClassVar[int]
+    YAW_DEG_FIELD_NUMBER: _ClassVar[int]
+    PITCH_DEG_FIELD_NUMBER: _ClassVar[int]
+    ROLL_DEG_FIELD_NUMBER: _ClassVar[int]
+    BRIGHTNESS_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    OTHER_FACE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_SCORE_FIELD_NUMBER: _ClassVar[int]
     box: FaceBox
     inter_eye_px: float
     detection_score: float
-    def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., inter_eye_px: _Optional[float] = ..., detection_score: _Optional[float] = ...) -> None: ...
+    sharpness: float
+    yaw_deg: float
+    pitch_deg: float
+    roll_deg: float
+    brightness: float
+    clipped_fraction: float
+    outside_fraction: float
+    other_face_ratio: float
+    face_count: int
+    liveness_score: float
+    def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., inter_eye_px: _Optional[float] = ..., detection_score: _Optional[float] = ..., sharpness: _Optional[float] = ..., yaw_deg: _Optional[float] = ..., pitch_deg: _Optional[float] = ..., roll_deg: _Optional[float] = ..., brightness: _Optional[float] = ..., clipped_fraction: _Optional[float] = ..., outside_fraction: _Optional[float] = ..., other_face_ratio: _Optional[float] = ..., face_count: _Optional[int] = ..., liveness_score: _Optional[float] = ...) -> None: ...
+
+class QualityLimits(_message.Message):
+    __slots__ = ("min_inter_eye_px", "min_sharpness", "max_yaw_deg", "max_pitch_deg", "max_roll_deg", "min_brightness", "max_brightness", "max_clipped_fraction", "max_outside_fraction", "comparable_face_ratio")
+    MIN_INTER_EYE_PX_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHARPNESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_YAW_DEG_FIELD_NUMBER: _ClassVar[int]
+    MAX_PITCH_DEG_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROLL_DEG_FIELD_NUMBER: _ClassVar[int]
+    MIN_BRIGHTNESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BRIGHTNESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIPPED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSIDE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    COMPARABLE_FACE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    min_inter_eye_px: float
+    min_sharpness: float
+    max_yaw_deg: float
+    max_pitch_deg: float
+    max_roll_deg: float
+    min_brightness: float
+    max_brightness: float
+    max_clipped_fraction: float
+    max_outside_fraction: float
+    comparable_face_ratio: float
+    def __init__(self, min_inter_eye_px: _Optional[float] = ..., min_sharpness: _Optional[float] = ..., max_yaw_deg: _Optional[float] = ..., max_pitch_deg: _Optional[float] = ..., max_roll_deg: _Optional[float] = ..., min_brightness: _Optional[float] = ..., max_brightness: _Optional[float] = ..., max_clipped_fraction: _Optional[float] = ..., max_outside_fraction: _Optional[float] = ..., comparable_face_ratio: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "revocable_templates")
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "revocable_templates", "enroll_quality", "identify_quality", "require_liveness")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MARGIN_FIELD_NUMBER: _ClassVar[int]
     HINT_REQUIRED_ABOVE_FIELD_NUMBER: _ClassVar[int]
     REVOCABLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LIVENESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: CollectionKind
     threshold: float
     margin: float
     hint_required_above: int
     revocable_templates: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., revocable_templates: _Optional[bool] = ...) -> None: ...
+    enroll_quality: QualityLimits
+    identify_quality: QualityLimits
+    require_liveness: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., require_liveness: _Optional[bool] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "model_id", "user_count", "face_count", "created_at", "embedding_dim", "revocable_templates", "transform_generation")
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "model_id", "user_count", "face_count", "created_at", "embedding_dim", "revocable_templates", "transform_generation", "enroll_quality", "identify_quality", "enroll_quality_overrides", "identify_quality_overrides", "require_liveness", "liveness_active")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +136,12 @@ class Collection(_message.Message):
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     REVOCABLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     TRANSFORM_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_QUALITY_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_QUALITY_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: CollectionKind
     threshold: float
@@ -98,7 +154,13 @@ class Collection(_message.Message):
     embedding_dim: int
     revocable_templates: bool
     transform_generation: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., model_id: _Optional[str] = ..., user_count: _Optional[int] = ..., face_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., transform_generation: _Optional[int] = ...) -> None: ...
+    enroll_quality: QualityLimits
+    identify_quality: QualityLimits
+    enroll_quality_overrides: QualityLimits
+    identify_quality_overrides: QualityLimits
+    require_liveness: bool
+    liveness_active: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., model_id: _Optional[str] = ..., user_count: _Optional[int] = ..., face_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., transform_generation: _Optional[int] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., enroll_quality_overrides: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality_overrides: _Optional[_Union[QualityLimits, _Mapping]] = ..., require_liveness: _Optional[bool] = ..., liveness_active: _Optional[bool] = ...) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
     __slots__ = ("name",)
@@ -326,3 +388,41 @@ class ImportTemplatesResponse(_message.Message):
     imported: int
     face_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, imported: _Optional[int] = ..., face_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LivenessInfo(_message.Message):
+    __slots__ = ("configured", "model_ids", "threshold", "required_for", "check_enroll")
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FOR_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ENROLL_FIELD_NUMBER: _ClassVar[int]
+    configured: bool
+    model_ids: _containers.RepeatedScalarFieldContainer[str]
+    threshold: float
+    required_for: _containers.RepeatedScalarFieldContainer[CollectionKind]
+    check_enroll: bool
+    def __init__(self, configured: _Optional[bool] = ..., model_ids: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., required_for: _Optional[_Iterable[_Union[CollectionKind, str]]] = ..., check_enroll: _Optional[bool] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("version", "model_pack", "model_id", "embedding_dim", "default_threshold", "liveness", "enroll_quality", "identify_quality")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PACK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    model_pack: str
+    model_id: str
+    embedding_dim: int
+    default_threshold: float
+    liveness: LivenessInfo
+    enroll_quality: QualityLimits
+    identify_quality: QualityLimits
+    def __init__(self, version: _Optional[str] = ..., model_pack: _Optional[str] = ..., model_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., default_threshold: _Optional[float] = ..., liveness: _Optional[_Union[LivenessInfo, _Mapping]] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ...) -> None: ...

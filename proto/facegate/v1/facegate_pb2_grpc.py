@@ -89,6 +89,11 @@ class FaceGateStub:
                 request_serializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesRequest.SerializeToString,
                 response_deserializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/facegate.v1.FaceGate/GetServerInfo',
+                request_serializer=facegate_dot_v1_dot_facegate__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=facegate_dot_v1_dot_facegate__pb2.ServerInfo.FromString,
+                _registered_method=True)
 
 
 class FaceGateServicer:
@@ -168,6 +173,14 @@ class FaceGateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """What this server runs and checks: model pack, liveness (configured or not: a server
+        without a PAD model never claims to check liveness), default quality limits, version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FaceGateServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +238,11 @@ def add_FaceGateServicer_to_server(servicer, server):
                     servicer.ImportTemplates,
                     request_deserializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesRequest.FromString,
                     response_serializer=facegate_dot_v1_dot_facegate__pb2.ImportTemplatesResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=facegate_dot_v1_dot_facegate__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=facegate_dot_v1_dot_facegate__pb2.ServerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +542,33 @@ class FaceGate:
             '/facegate.v1.FaceGate/ImportTemplates',
             facegate_dot_v1_dot_facegate__pb2.ImportTemplatesRequest.SerializeToString,
             facegate_dot_v1_dot_facegate__pb2.ImportTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facegate.v1.FaceGate/GetServerInfo',
+            facegate_dot_v1_dot_facegate__pb2.GetServerInfoRequest.SerializeToString,
+            facegate_dot_v1_dot_facegate__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,
