@@ -740,6 +740,8 @@ def _collection_row(r: tuple[Any, ...]) -> CollectionRow:
         identify_quality=json.loads(r[10]),
         require_liveness=None if r[11] is None else bool(r[11]),
     )
+
+
 _FACE_SELECT = (
     "SELECT f.face_id, f.uid, f.template, u.phone_bucket, f.image_digest, f.collection,"
     " f.model_id, f.key_id, f.transform_gen FROM faces f"
