@@ -76,7 +76,7 @@ def _real_embeddings(analyzer: object) -> tuple[np.ndarray, list[str]]:
             selected = select_face(analyzer.locate(image))  # type: ignore[attr-defined]
         except FaceRejected:  # some LFW photos show two people: not a clean sample
             continue
-        chip = analyzer.align(image, selected.faces)  # type: ignore[attr-defined]
+        chip = analyzer.align(image, selected.face)  # type: ignore[attr-defined]
         vectors.append(analyzer.embed_chips(chip)[0])  # type: ignore[attr-defined]
         names.append(name)
     return np.stack(vectors).astype(np.float32), names
