@@ -41,6 +41,16 @@ DEFAULT_TARGET_FMR = {CollectionKind.PAY: 1e-5, CollectionKind.MEMBER: 1e-3}
 # default plus this much (stricter), MEMBER is the pack's default.
 PAY_THRESHOLD_OFFSET = 0.04
 DEFAULT_MARGIN = {CollectionKind.PAY: 0.05, CollectionKind.MEMBER: 0.03}
+# The 1:N budget of a PAY collection: the share of strangers allowed to reach the threshold
+# of *some* enrolled user on an un-hinted search, before the margin rule. With N users that
+# share is about N x the pairwise FMR, so an un-hinted search is allowed only up to
+# budget / FMR users (1e-3 / 1e-5 = 100); above that, PAY collections answer NEED_HINT and the
+# terminal asks for the last 4 phone digits, which narrow the search to a bucket (~N / 10,000
+# users). benchmarks/stranger_bench.py measured why: at the calibrated pay threshold alone, a
+# 1,000-user gallery let 3 % of strangers through with margin 0 and 0.1 % with margin 0.05
+# (while matching only 7.7 % of customers without hints). MEMBER collections never require a
+# hint because of their size: a wrong greeting is cheap.
+PAY_IDENTIFICATION_BUDGET = 1e-3
 
 
 def default_threshold(
@@ -73,6 +83,17 @@ def default_threshold(
 
 def default_margin(kind: CollectionKind) -> float:
     return DEFAULT_MARGIN[kind]
+
+
+def default_hint_required_above(kind: CollectionKind, setting: int = -1) -> int:
+    """A collection's size limit for un-hinted searches when its spec leaves it unset:
+    the server setting when it is >= 0 (0 = never), else the kind's rule (see
+    ``PAY_IDENTIFICATION_BUDGET``)."""
+    if setting >= 0:
+        return setting
+    if kind is CollectionKind.PAY:
+        return int(round(PAY_IDENTIFICATION_BUDGET / DEFAULT_TARGET_FMR[CollectionKind.PAY]))
+    return 0
 
 
 @dataclass(frozen=True, slots=True)

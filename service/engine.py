@@ -39,6 +39,7 @@ from service.data_keys import transform_master_key
 from service.decisions import (
     Policy,
     decide,
+    default_hint_required_above,
     default_margin,
     default_threshold,
     hint_required_by_size,
@@ -248,7 +249,9 @@ class FaceService:
                 hint_required_above=int(
                     spec.hint_required_above
                     if spec.hint_required_above is not None
-                    else self._settings.default_hint_required_above
+                    else default_hint_required_above(
+                        spec.kind, self._settings.default_hint_required_above
+                    )
                 ),
                 model_id=self._model_id,
                 revocable=spec.revocable,

@@ -12,6 +12,7 @@ from service.decisions import (
     PAY_THRESHOLD_OFFSET,
     Policy,
     decide,
+    default_hint_required_above,
     default_margin,
     default_threshold,
     hint_required_by_size,
@@ -156,3 +157,12 @@ def test_a_match_is_always_clear(
     if out.decision is Decision.NEED_HINT:
         assert not hinted and hints and out.candidates == ()
     assert len(out.candidates) <= 3
+
+
+def test_default_hint_requirement_by_kind_and_setting() -> None:
+    # PAY: the 1:N budget over the pairwise target FMR (1e-3 / 1e-5 users).
+    assert default_hint_required_above(CollectionKind.PAY) == 100
+    assert default_hint_required_above(CollectionKind.MEMBER) == 0
+    # A server setting >= 0 wins for both kinds (0 = never).
+    assert default_hint_required_above(CollectionKind.PAY, 0) == 0
+    assert default_hint_required_above(CollectionKind.MEMBER, 5000) == 5000

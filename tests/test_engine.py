@@ -86,6 +86,8 @@ def test_collection_lifecycle_and_defaults(svc: FaceService) -> None:
     assert member.model_id == "fake-v1" and member.user_count == member.face_count == 0
     pay = svc.create_collection(CollectionSpec("pay.eu-1", kind=CollectionKind.PAY))
     assert pay.threshold == pytest.approx(FAKE_THRESHOLD + PAY_THRESHOLD_OFFSET)
+    # By kind: a pay collection needs the phone hint above 100 users, a member one never.
+    assert (pay.hint_required_above, member.hint_required_above) == (100, 0)
     custom = svc.create_collection(
         CollectionSpec("custom", threshold=0.7, margin=0.1, hint_required_above=5)
     )
