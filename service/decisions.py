@@ -92,7 +92,7 @@ def default_hint_required_above(kind: CollectionKind, setting: int = -1) -> int:
     if setting >= 0:
         return setting
     if kind is CollectionKind.PAY:
-        return int(round(PAY_IDENTIFICATION_BUDGET / DEFAULT_TARGET_FMR[CollectionKind.PAY]))
+        return round(PAY_IDENTIFICATION_BUDGET / DEFAULT_TARGET_FMR[CollectionKind.PAY])
     return 0
 
 
