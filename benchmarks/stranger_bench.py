@@ -252,13 +252,29 @@ def run(
                     kind.value, info.threshold, info.margin, info.hint_required_above, len(uids)
                 )
                 for row, uid in plan.genuine:
-                    r = _identify(
-                        svc, name, data, row, own_suffix=suffix.get(uid), rng=rng, phones=phones
+                    answer = _answer(
+                        svc,
+                        name,
+                        data,
+                        row,
+                        true_uid=uid,
+                        own_suffix=suffix.get(uid),
+                        rng=rng,
+                        phones=phones,
                     )
-                    tally.genuine[_label(r, uid)] += 1
+                    tally.genuine[answer] += 1
                 for row in plan.strangers:
-                    r = _identify(svc, name, data, row, own_suffix=None, rng=rng, phones=phones)
-                    tally.strangers[_label(r, None)] += 1
+                    answer = _answer(
+                        svc,
+                        name,
+                        data,
+                        row,
+                        true_uid=None,
+                        own_suffix=None,
+                        rng=rng,
+                        phones=phones,
+                    )
+                    tally.strangers[answer] += 1
                 tallies.append(tally)
         finally:
             svc.close()
@@ -281,6 +297,27 @@ def _identify(
         hint = own_suffix if own_suffix is not None else f"{rng.randrange(10_000):04d}"
         r = svc.identify(IdentifyRequest(collection, hint=hint, probe_token=r.probe_token))
     return r
+
+
+def _answer(
+    svc: Any,
+    collection: str,
+    data: Labelled,
+    row: int,
+    *,
+    true_uid: str | None,
+    own_suffix: str | None,
+    rng: random.Random,
+    phones: bool,
+) -> str:
+    """The service's answer to one probe: a decision, WRONG_UID, or REFUSED_<reason> when
+    the service refuses the photo (quality gate, liveness): a refusal is an answer too, and
+    it counts in the rates' denominators."""
+    try:
+        r = _identify(svc, collection, data, row, own_suffix=own_suffix, rng=rng, phones=phones)
+    except FacegateError as exc:
+        return f"REFUSED_{exc.reason}"
+    return _label(r, true_uid)
 
 
 def _label(r: IdentifyResult, true_uid: str | None) -> str:
