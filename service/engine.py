@@ -34,6 +34,7 @@ import numpy as np
 
 from index import Gallery, IndexConfig, SearchResult, UnknownId
 from service import request_checks as checks
+from service.cancellation import raise_if_abandoned
 from service.config import DecodeLimits, Settings
 from service.data_keys import transform_master_key
 from service.decisions import (
@@ -354,11 +355,13 @@ class FaceService:
     # --------------------------------------------------------------------- faces
 
     def _remaining(self, deadline: float | None) -> float | None:
-        if deadline is None:
-            return None
-        left = deadline - self._clock()
-        if left <= 0:
-            raise TimeoutError("the call's deadline passed")
+        """Seconds left before ``deadline``; raises once it passed or the caller left."""
+        left = None
+        if deadline is not None:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise TimeoutError("the call's deadline passed")
+        raise_if_abandoned()
         return left
 
     def _faces(self, images: list[bytes], deadline: float | None, gate: GatePolicy) -> list[_Face]:

@@ -24,6 +24,7 @@ status codes in exactly one place (``service.grpc_errors``) and attaches ``reaso
     │   └── ModelMismatch                reason MODEL_MISMATCH
     ├── ProbeTokenInvalid                reason PROBE_TOKEN_INVALID (expired/unknown)
     ├── Overloaded                       RESOURCE_EXHAUSTED, reason OVERLOADED
+    ├── CallCancelled                    CANCELLED (the caller abandoned the call)
     ├── ModelPackError                   FAILED_PRECONDITION, reason MODEL_PACK_INVALID
     ├── DataKeyError                     FAILED_PRECONDITION, reason DATA_KEY_INVALID
     ├── TemplateUnreadable               DATA_LOSS, reason TEMPLATE_UNREADABLE
@@ -129,6 +130,12 @@ class ProbeTokenInvalid(FacegateError):
 
 class Overloaded(FacegateError):
     reason = "OVERLOADED"
+
+
+class CallCancelled(FacegateError):
+    """The caller cancelled the call or went away; the work stopped before it completed."""
+
+    reason = "CANCELLED"
 
 
 class ModelPackError(FacegateError):

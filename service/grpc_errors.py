@@ -10,6 +10,7 @@ carry a ``google.rpc.ErrorInfo(reason, domain="facegate", metadata)``:
     ModelMismatch, other Conflict                                     FAILED_PRECONDITION
     ProbeTokenInvalid                                                 FAILED_PRECONDITION
     Overloaded                                                        RESOURCE_EXHAUSTED
+    CallCancelled (the caller abandoned the call)                     CANCELLED
     ModelPackError                                                    FAILED_PRECONDITION
     Unauthenticated (ApiKeyMissing, ApiKeyInvalid)                    UNAUTHENTICATED
     PermissionDenied (RoleDenied, CollectionDenied)                   PERMISSION_DENIED
@@ -88,6 +89,7 @@ _CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ProbeTokenInvalid: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.CallCancelled: grpc.StatusCode.CANCELLED,
     errors.ModelPackError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service import convert
 from service.auth import build_auth
+from service.cancellation import call_scope
 from service.config import Settings
 from service.errors import InvalidArgument
 from service.grpc_errors import DeadlineExceeded, ServiceNotReady, is_expected, status_for
@@ -151,7 +152,10 @@ class _Servicer:
                 request = raw if isinstance(raw, Message) else _parse(request_type, raw)
                 service = self._slot.get()
                 deadline = _deadline(context)
-                response: Message = handler(service, request, deadline)
+                # The engine checks this between stages: a call its client abandoned stops
+                # there and gives its max_concurrent_rpcs slot back (service.cancellation).
+                with call_scope(context.is_active):
+                    response: Message = handler(service, request, deadline)
                 return response
             except Exception as exc:
                 if not is_expected(exc):

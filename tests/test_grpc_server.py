@@ -148,6 +148,7 @@ ERROR_CASES: list[tuple[errors.FacegateError, grpc.StatusCode]] = [
     (errors.ModelMismatch("bad"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ProbeTokenInvalid("bad"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded("bad"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.CallCancelled("bad"), grpc.StatusCode.CANCELLED),
     (errors.ModelPackError("bad"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ApiKeyMissing("bad"), grpc.StatusCode.UNAUTHENTICATED),
     (errors.ApiKeyInvalid("bad"), grpc.StatusCode.UNAUTHENTICATED),
