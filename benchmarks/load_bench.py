@@ -18,6 +18,17 @@
 5. ``--baseline``: before the load, runs the pipeline stages alone in this process
    (decode → detect → landmarks → align → embed, one thread per core) on the same probes, to
    say what fraction of the stages' own throughput the server delivers.
+
+Mixed mode (the soak), instead of steps 3-5:
+
+    python benchmarks/load_bench.py --target HOST:PORT --mix enroll=2,identify=6,delete=2 \
+        --concurrency K --duration S --window W --server-pid PID [--people N] [--json]
+
+K threads run a weighted mix of Enroll (people not enrolled, real photos), Identify
+(enrolled people's other photos and never-enrolled strangers) and Delete for S seconds;
+reports errors by status code, refusals by reason, wrong matches, throughput and latency per
+operation kind per W-second window, the server's RSS each window (from /proc/PID) with the
+flat-memory ratios, and whether the collection's user count adds up (see load_mix.py).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import machine  # noqa: E402
+from benchmarks.load_mix import Identity, MixedLoad, parse_mix  # noqa: E402
 from service.client import FaceGateClient  # noqa: E402
 from service.domain import (  # noqa: E402
     CollectionKind,
@@ -287,7 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, default=None, help="write a latency PNG here")
     ap.add_argument("--baseline", action="store_true", help="measure the stages alone first")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mix", help="mixed mode weights, e.g. enroll=2,identify=6,delete=2")
+    ap.add_argument("--window", type=float, default=60.0, help="mixed mode: report window (s)")
+    ap.add_argument("--server-pid", type=int, help="mixed mode: sample this process's RSS")
+    ap.add_argument("--seed", type=int, default=1, help="mixed mode: operation schedule seed")
     args = ap.parse_args(argv)
+    if args.mix:
+        return run_mixed(args)
 
     def log(msg: str) -> None:
         if not args.json:
@@ -338,6 +356,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.plot,
             f"Identify, gallery {result['gallery_users']}, concurrency {args.concurrency}",
         )
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def run_mixed(args: argparse.Namespace) -> int:
+    """The soak: a weighted Enroll/Identify/Delete mix (benchmarks/load_mix.py)."""
+    weights = parse_mix(args.mix)
+
+    def log(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr)
+
+    photos = args.photos
+    if photos is None and (ROOT.parent / "shared/faces/lfw-devtrain").is_dir():
+        photos = ROOT.parent / "shared/faces/lfw-devtrain"
+    if photos:
+        people, strangers = lfw_people(photos, args.people, args.people // 4)
+    else:  # two real people only: their variants must be allowed to look alike
+        people, strangers = pypi_people()
+    identities = [Identity(p.uid, p.enrol, p.probes) for p in people]
+    with FaceGateClient(args.target, timeout=60.0) as client:
+        client.wait_ready(timeout=300.0)
+        ensure_collection(client, args.collection)
+        import_s = top_up_gallery(client, args.collection, args.gallery, log)
+        load = MixedLoad(
+            client,
+            args.collection,
+            identities,
+            strangers,
+            weights,
+            allow_duplicate=photos is None,
+            seed=args.seed,
+        )
+        run = load.run(args.concurrency, args.duration, args.window, args.server_pid, log)
+    result: dict[str, Any] = {
+        "target": args.target,
+        "collection": args.collection,
+        "people": len(identities),
+        "strangers": len(strangers),
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "window_s": args.window,
+        "import_seconds": import_s,
+        "machine": machine(),
+        **run,
+    }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 
