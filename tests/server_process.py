@@ -45,6 +45,8 @@ class ServerProcess:
         self._env.update(
             FACEGATE_MODEL_DIR=str(packs_dir),
             FACEGATE_MODEL_THREADS="1",
+            # a free port for the metrics endpoint: several servers may run at once
+            FACEGATE_METRICS_LISTEN="127.0.0.1:0",
             OMP_NUM_THREADS="1",
             **dict(settings or {}),
         )
