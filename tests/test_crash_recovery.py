@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_FACES, astronaut_rgb, grace_hopper_path
 from PIL import Image, ImageOps
-from server_process import ServerProcess
+from server_process import IDENTIFY_GRADE_ENROLMENT, ServerProcess
 
 from service import errors
 from service.client import FaceGateClient
@@ -183,6 +183,7 @@ def _work(
                         timeout=CALL_TIMEOUT_S,
                     )
                     outcome = PRESENT
+                    model.note("enroll acknowledged")
                 except DEFINITE_REFUSALS as exc:
                     outcome = ABSENT  # refused on its merits: must never appear
                     model.note(f"enroll refused {exc.reason}")
@@ -294,7 +295,9 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(server: ServerProc
     server.start()
     server.wait_ready()
     with FaceGateClient(server.target, timeout=CALL_TIMEOUT_S) as client:
-        client.create_collection(CollectionSpec(name=COLLECTION))
+        client.create_collection(
+            CollectionSpec(name=COLLECTION, enroll_quality=IDENTIFY_GRADE_ENROLMENT)
+        )
 
     started = time.monotonic()
     rounds = kills_under_load = kills_while_loading = 0
@@ -341,7 +344,8 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(server: ServerProc
     )
     # The run must have exercised what it claims to: enrolments and deletes acknowledged,
     # and operations caught in flight by a kill.
-    assert model.counts.get("enroll", 0) >= 10 and model.counts.get("delete", 0) >= 3
+    assert model.counts.get("enroll acknowledged", 0) >= 10, model.counts
+    assert model.counts.get("delete", 0) >= 3, model.counts
     in_flight = sum(v for k, v in model.counts.items() if k.endswith("in flight at kill"))
     assert in_flight >= 1, model.counts
     assert server.terminate() == 0, server.log_tail()

@@ -38,8 +38,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from server_process import ServerProcess
+from server_process import IDENTIFY_GRADE_ENROLMENT, ServerProcess
 
+from service import convert
+from service.domain import CollectionSpec
 from service.grpc_errors import DOMAIN, error_info
 from service.grpc_server import SERVICE_NAME
 
@@ -98,7 +100,8 @@ class Hostile:
 
     def ensure_shop(self) -> None:
         """Fuzzed DeleteCollection/CreateCollection calls may touch collections: re-create."""
-        self.call("CreateCollection", pb.CreateCollectionRequest(name=SHOP).SerializeToString())
+        spec = CollectionSpec(name=SHOP, enroll_quality=IDENTIFY_GRADE_ENROLMENT)
+        self.call("CreateCollection", convert.collection_spec_to_proto(spec).SerializeToString())
 
 
 def _response_type(method: str) -> type[Message]:
@@ -318,6 +321,7 @@ def _request_seeds() -> dict[str, Message]:
         "DeleteCollection": pb.DeleteCollectionRequest(name="scratch"),
         "GetCollection": pb.GetCollectionRequest(name=SHOP),
         "ListCollections": pb.ListCollectionsRequest(),
+        "GetServerInfo": pb.GetServerInfoRequest(),
         "Enroll": pb.EnrollRequest(
             collection=SHOP,
             uid="fz-user",
