@@ -189,8 +189,15 @@ class PackManifest:
             return value
 
         files_doc = get("files", dict)
+        # Every pack has a detector and an embedder; a landmarks file only when the
+        # landmarks come from their own model (dlib's ERT), not from the detector.
+        landmarks_doc = doc.get("landmarks")
+        own_landmarks = not (
+            isinstance(landmarks_doc, dict) and landmarks_doc.get("kind") == "detector"
+        )
+        required = ROLES if own_landmarks else tuple(r for r in ROLES if r != "landmarks")
         files: dict[str, PackFile] = {}
-        for role in ROLES:
+        for role in (*required, *sorted(set(files_doc) - set(required))):
             entry = files_doc.get(role)
             if not isinstance(entry, dict):
                 raise bad(f"no file for role {role!r}")
@@ -312,7 +319,7 @@ def _read_verified_sources(source_dir: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------- building
 
 
-def _facegate_version() -> str:
+def facegate_version() -> str:
     try:
         return "facegate " + importlib.metadata.version("facegate")
     except importlib.metadata.PackageNotFoundError:
@@ -395,7 +402,7 @@ def _convert(sources: Mapping[str, bytes], out_dir: Path) -> PackManifest:
             }
         ),
         source=_frozen({SOURCE_FILES[r]: EXPECTED_SOURCE_SHA256[SOURCE_FILES[r]] for r in ROLES}),
-        created_by=_facegate_version(),
+        created_by=facegate_version(),
         notes=_frozen({"cosine_default": THRESHOLD_NOTE}),
         calibration=default_pack_calibration(),
     )
@@ -539,6 +546,12 @@ def load_pack(packs_dir: Path, name: str = DEFAULT_PACK) -> tuple[Path, PackMani
             f"model pack {name!r} has format version {manifest.format_version}, this facegate "
             f"needs {FORMAT_VERSION} (run: facegate models prepare --force)"
         )
+    verify_pack_files(pack_dir, manifest)
+    return pack_dir, manifest
+
+
+def verify_pack_files(pack_dir: Path, manifest: PackManifest) -> None:
+    """Check every file's size and sha256 against the manifest (any pack kind)."""
     for role, f in manifest.files.items():
         path = pack_dir / f.path
         try:
@@ -548,18 +561,22 @@ def load_pack(packs_dir: Path, name: str = DEFAULT_PACK) -> tuple[Path, PackMani
                 f"model pack file {path} ({role}) is missing",
                 metadata={"file": f.path, "role": role},
             ) from None
-        digest = sha256_file(path) if size == f.bytes else None
-        if digest != f.sha256:
+        except OSError as exc:
+            raise ModelPackError(f"cannot read model pack file {path} ({role}): {exc}") from None
+        digest = sha256_file(path)
+        if digest != f.sha256 or size != f.bytes:
             raise ModelPackError(
-                f"model pack file {path} ({role}) is corrupt: "
-                + (
-                    f"sha256 {digest}, expected {f.sha256}"
-                    if digest is not None
-                    else f"{size} bytes, expected {f.bytes}"
-                ),
-                metadata={"file": f.path, "role": role},
+                f"model pack file {path} ({role}) is corrupt: sha256 {digest} ({size} "
+                f"bytes), expected {f.sha256} ({f.bytes} bytes) as the manifest pins it",
+                metadata={
+                    "file": f.path,
+                    "role": role,
+                    "sha256": digest,
+                    "expected_sha256": f.sha256,
+                    "bytes": str(size),
+                    "expected_bytes": str(f.bytes),
+                },
             )
-    return pack_dir, manifest
 
 
 def ensure_default_pack(packs_dir: Path) -> tuple[Path, PackManifest]:
