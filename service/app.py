@@ -39,9 +39,10 @@ def build_service(
     """
     if analyzer is None:
         # The real models are heavy to import and load; tests pass their own analyzer.
-        from service.pipeline.dlib_analyzer import build_default_analyzer
+        # settings.model_pack selects the dlib default or a bring-your-own pack.
+        from service.pipeline.factory import build_analyzer
 
-        analyzer = build_default_analyzer(settings, timer=timer)
+        analyzer = build_analyzer(settings, timer=timer)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(settings)
     keyring = load_keyring(settings)

@@ -3,7 +3,8 @@
 One JSON object per line per image: {"path", "faces": [{"box", "score", "landmarks",
 "embedding"}]}. Boxes and landmarks are in the image's pixel coordinates after EXIF
 orientation; boxes are dlib's integer rectangles (inclusive edges, not clipped, so they may
-reach past the border for faces cut by the frame). Embeddings are L2-normalised.
+reach past the border for faces cut by the frame; a BYO pack's detectors give float edges).
+Embeddings are L2-normalised. ``--pack`` (or the settings' ``model_pack``) selects the pack.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON object per line per image")
     p.add_argument("--packs-dir", type=Path, default=None, help="model packs directory")
+    p.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    p.add_argument(
+        "--pack",
+        default=None,
+        help="model pack: dlib-default, or a BYO pack's name, directory or manifest "
+        "(default: settings' model_pack)",
+    )
     p.add_argument(
         "--upsample",
         type=int,
@@ -52,11 +60,16 @@ def _face_records(analyzer: Any, data: bytes, settings: Any) -> list[dict[str, A
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.pipeline.dlib_analyzer import build_default_analyzer
+    from service.pipeline.factory import build_analyzer
 
-    settings = load_settings(model_dir=args.packs_dir, detector_upsample=args.upsample)
     try:
-        analyzer = build_default_analyzer(settings)
+        settings = load_settings(
+            config_file=args.config,
+            model_dir=args.packs_dir,
+            detector_upsample=args.upsample,
+            model_pack=args.pack,
+        )
+        analyzer = build_analyzer(settings)
     except FacegateError as exc:
         print(f"error: {exc.reason}: {exc.message}", file=sys.stderr)
         return 1

@@ -1,8 +1,9 @@
-"""``facegate models prepare|verify``: build and check the default model pack.
+"""``facegate models prepare|verify|add``: build and check model packs.
 
 ``prepare`` converts the dlib models from the installed ``face_recognition_models``
 package (seconds; a no-op when a valid pack built from the same sources exists, unless
-``--force``). ``verify`` loads the pack and re-checks every file's sha256. Both print a
+``--force``). ``verify`` loads a pack (the default or a bring-your-own one) and re-checks
+every file's sha256. ``add`` writes a bring-your-own pack (``service.cli_byo``). All print a
 short summary, or one JSON document with ``--json``. Exit status 0 on success, 1 with a
 one-line ``error: ...`` on stderr when the pack or its sources are missing or corrupt.
 """
@@ -28,7 +29,7 @@ from service.models.pack import (
 
 def register(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="prepare or verify the model pack")
-    sub = models.add_subparsers(dest="models_command", metavar="{prepare,verify}")
+    sub = models.add_subparsers(dest="models_command", metavar="{prepare,verify,add}")
     sub.required = True
 
     prepare = sub.add_parser(
@@ -42,8 +43,16 @@ def register(subparsers: Any) -> None:
 
     verify = sub.add_parser("verify", help="check the pack's files against its manifest")
     _common(verify)
-    verify.add_argument("--name", default=DEFAULT_PACK, help="pack name (default: %(default)s)")
+    verify.add_argument(
+        "--name",
+        default=DEFAULT_PACK,
+        help="pack name, or a BYO pack's directory or manifest path (default: %(default)s)",
+    )
     verify.set_defaults(func=run_verify)
+
+    from service import cli_byo
+
+    cli_byo.register(sub, _common)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -116,7 +125,13 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     try:
-        pack_dir, manifest = load_pack(_packs_dir(args), args.name)
+        if args.name == DEFAULT_PACK:
+            pack_dir, manifest = load_pack(_packs_dir(args), args.name)
+        else:
+            from service.models.byo_pack import load_byo_pack
+
+            pack = load_byo_pack(args.name, _packs_dir(args))
+            pack_dir, manifest = pack.pack_dir, pack.manifest
     except (ModelPackError, FacegateError, OSError) as exc:
         return _fail(exc)
     _print(_summary(pack_dir, manifest), args.json, "verified")

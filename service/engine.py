@@ -293,7 +293,10 @@ class FaceService:
         if coll.gallery is None:
             raise ModelMismatch(
                 f"collection {coll.row.name!r} holds templates of model {coll.row.model_id!r}, "
-                f"but this service runs {self._model_id!r}",
+                f"but this service runs {self._model_id!r}; templates of different models are "
+                "never compared: re-enrolment (or re-embedding the photos with this model and "
+                "ImportTemplates into a new collection) is required, or serve the collection "
+                "with the pack it was enrolled with",
                 metadata={"collection_model": coll.row.model_id, "service_model": self._model_id},
             )
         return coll.gallery
