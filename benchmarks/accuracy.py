@@ -1,6 +1,7 @@
 """Verification accuracy of a model pack on an LFW-format folder and pair file.
 
     python benchmarks/accuracy.py --lfw DIR --pairs FILE --json [--reference-dlib] [--limit N]
+        [--pack NAME|DIR|MANIFEST [--packs-dir DIR]] [--threads N]
 
 DIR holds ``<Name>/<Name>_NNNN.jpg`` (or has an ``images/`` folder that does). FILE is an
 LFW pair list: an optional header line, then ``name i j`` (same person) and
@@ -8,7 +9,10 @@ LFW pair list: an optional header line, then ``name i j`` (same person) and
 detection whose centre is nearest the image centre (LFW photos are centred on the subject).
 A pair with an image where no face was found counts as a wrong answer at every threshold.
 
-Prints one JSON line per engine: ``facegate`` (the default pack, no dlib) and, with
+``--pack`` measures a bring-your-own pack (``facegate models add``) instead of the default:
+a pack name in the packs directory, or its directory or manifest path.
+
+Prints one JSON line per engine: ``facegate`` (the selected pack, no dlib) and, with
 ``--reference-dlib``, ``dlib`` (dlib's own CNN detector + 5-point + ResNet, same images,
 same session, same scoring: cosine of L2-normalised descriptors).
 """
@@ -68,14 +72,26 @@ def central_face(boxes: np.ndarray, width: int, height: int) -> int | None:
 Embedder = Callable[[Path], "np.ndarray | None"]
 
 
-def facegate_embedder(packs_dir: Path | None) -> tuple[Embedder, float]:
+def facegate_embedder(
+    packs_dir: Path | None, pack: str | None = None, threads: int = 1
+) -> tuple[Embedder, float, dict[str, str]]:
+    """The pack's embedder, its default threshold, and what it is (model id, licences)."""
     from service.config import load_settings
     from service.pipeline.decode import decode_image
-    from service.pipeline.dlib_analyzer import build_default_analyzer
+    from service.pipeline.factory import build_analyzer
     from service.pipeline.types import LocatedFaces
 
-    settings = load_settings(model_dir=packs_dir)
-    analyzer = build_default_analyzer(settings)
+    settings = load_settings(model_dir=packs_dir, model_pack=pack, model_threads=threads)
+    analyzer = build_analyzer(settings)
+    about = {"pack": settings.model_pack, "model_id": analyzer.model_id}
+    manifest = getattr(analyzer, "manifest", None)
+    if manifest is not None:
+        for role in ("detector", "embedder"):
+            section = getattr(manifest, role)
+            if "kind" in section:
+                about[f"{role}_kind"] = str(section["kind"])
+            if "licence" in section:
+                about[f"{role}_licence"] = str(section["licence"])
 
     def embed(path: Path) -> np.ndarray | None:
         image = decode_image(path.read_bytes(), settings.decode)
@@ -87,11 +103,12 @@ def facegate_embedder(packs_dir: Path | None) -> tuple[Embedder, float]:
             boxes=faces.boxes[i : i + 1],
             scores=faces.scores[i : i + 1],
             landmarks=faces.landmarks[i : i + 1],
+            layout=faces.layout,
         )
         vector: np.ndarray = analyzer.embed_chips(analyzer.align(image, one))[0]
         return vector
 
-    return embed, analyzer.default_threshold
+    return embed, analyzer.default_threshold, about
 
 
 def dlib_reference() -> tuple[Any, Any, Any]:
@@ -167,6 +184,7 @@ def evaluate(
         "accuracy_at_default_threshold": round(accuracy(threshold), 4),
         "best_accuracy": round(best_acc, 4),
         "best_threshold": round(best_thr, 4),
+        "tar_at_far_1e-2": round(tar_at_far(scores, labels, detected, 1e-2), 4),
         "tar_at_far_1e-3": round(tar_at_far(scores, labels, detected, 1e-3), 4),
         "impostor_pairs": int((~labels).sum()),
         "seconds_per_image": round(elapsed / max(len(unique), 1), 4),
@@ -210,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="use the first N same + N different pairs")
     ap.add_argument("--reference-dlib", action="store_true", help="also run dlib's own pipeline")
     ap.add_argument("--packs-dir", type=Path, default=None)
+    ap.add_argument(
+        "--pack", default=None, help="model pack (default: settings' model_pack, dlib-default)"
+    )
+    ap.add_argument("--threads", type=int, default=1, help="ONNX threads per model")
     args = ap.parse_args(argv)
 
     images = args.lfw / "images" if (args.lfw / "images").is_dir() else args.lfw
@@ -222,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"error: {len(missing)} pair images missing, e.g. {missing[0].a}", file=sys.stderr)
         return 1
-    embed, threshold = facegate_embedder(args.packs_dir)
-    results = [evaluate(pairs, embed, threshold, "facegate")]
+    embed, threshold, about = facegate_embedder(args.packs_dir, args.pack, args.threads)
+    results = [{**evaluate(pairs, embed, threshold, "facegate"), **about}]
     if args.reference_dlib:
         results.append(evaluate(pairs, dlib_embedder(), threshold, "dlib"))
     for r in results:
