@@ -147,14 +147,11 @@ def default_cache_dir() -> Path:
 
 
 def build_analyzer(settings: Settings) -> Any:
-    """The analyzer of the pack ``settings`` names.
+    """The analyzer of the pack ``settings`` names (``model_pack``: the dlib default or a
+    bring-your-own pack, e.g. ``FACEGATE_MODEL_PACK=retina-mfn``)."""
+    from service.pipeline.factory import build_analyzer as build
 
-    The default dlib pack for now; when ``service/pipeline/factory.py`` (bring-your-own
-    packs) lands, this becomes ``factory.build_analyzer(settings)``: the only line to change.
-    """
-    from service.pipeline.dlib_analyzer import build_default_analyzer
-
-    return build_default_analyzer(settings)
+    return build(settings)
 
 
 def pack_identity(analyzer: Any) -> tuple[str, str]:

@@ -9,19 +9,20 @@ order, so located faces carry ``layout="arcface5"``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from service.models.byo_pack import ByoPack
+from service.models.calibration import Calibration
 from service.models.pack import PackManifest
 from service.pipeline.arcface import ArcFaceEmbedder, align_to_template
 from service.pipeline.dlib_analyzer import l2_normalise, order_largest_first
 from service.pipeline.onnx_detectors import build_detector
+from service.pipeline.quality import ARCFACE5
 from service.pipeline.timing import DETECT, NO_TIMING, StageTimer
 from service.pipeline.types import DecodedImage, Detections, FloatArray, LocatedFaces, UInt8Array
-
-ARCFACE5 = "arcface5"
 
 
 class LandmarkDetector(Protocol):
@@ -35,6 +36,7 @@ class ByoAnalyzer:
     detector: LandmarkDetector
     embedder: ArcFaceEmbedder
     template: np.ndarray  # (5, 2) chip pixels
+    pack_dir: Path | None = None  # where the manifest lives (calibrate.py writes into it)
     timer: StageTimer = field(default=NO_TIMING, compare=False)
 
     @classmethod
@@ -46,6 +48,7 @@ class ByoAnalyzer:
             detector=build_detector(pack.file("detector"), pack.detector, threads=threads),
             embedder=ArcFaceEmbedder(pack.file("embedder"), pack.embedder, threads=threads),
             template=np.asarray(pack.embedder.template, np.float64),
+            pack_dir=pack.pack_dir,
             timer=timer,
         )
 
@@ -60,6 +63,10 @@ class ByoAnalyzer:
     @property
     def default_threshold(self) -> float:
         return float(self.manifest.thresholds["cosine_default"])
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.manifest.calibration
 
     @property
     def chip_size(self) -> int:
