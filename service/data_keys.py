@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import logging
-import os
-import secrets
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ from pathlib import Path
 
 from service.config import Settings
 from service.errors import DataKeyError
+from service.secrets_file import create_random_file
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +106,7 @@ def create_key_file(path: Path, *, what: str = "template encryption key") -> boo
     Written under a temporary name and hard-linked into place: ``os.link`` fails when the
     target exists, so two processes starting at once never overwrite each other's key.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(KEY_BYTES))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-        created = True
-    except FileExistsError:
-        created = False
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    created = create_random_file(path, KEY_BYTES)
     if created:
         log.warning(
             "created a new %s at %s: back it up and keep it apart from the data; without it"
@@ -132,15 +115,6 @@ def create_key_file(path: Path, *, what: str = "template encryption key") -> boo
             path,
         )
     return created
-
-
-def fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class Keyring:

@@ -30,7 +30,6 @@ from service.data_keys import (
     create_key_file,
     default_key_path,
     directory_keyring,
-    fsync_dir,
     load_keyring,
     pending_key_path,
     read_key_file,
@@ -38,6 +37,7 @@ from service.data_keys import (
 )
 from service.errors import DataKeyError
 from service.gallery_restore import remove_orphan_snapshots, snapshot_codec, snapshot_path
+from service.secrets_file import fsync_dir
 from service.store import Store
 from service.store_crypto import (
     ROTATION_SOURCE,

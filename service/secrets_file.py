@@ -56,30 +56,38 @@ def _read(path: Path) -> bytes:
 
 
 def _create(path: Path) -> None:
-    """Write a fresh secret under a temporary name, then link it into place.
+    if create_random_file(path, SECRET_BYTES):
+        log.info("created a new service secret at %s", path)
 
-    ``os.link`` fails if the target exists, so two processes starting at once cannot
-    overwrite each other's secret: the loser simply reads the winner's.
+
+def create_random_file(path: Path, size: int) -> bool:
+    """Write ``size`` fresh random bytes to ``path`` (mode 0600) unless it exists; True if
+    this call created it. Shared by the service secret and the data keys.
+
+    Written under a temporary name and hard-linked into place: ``os.link`` fails if the
+    target exists, so two processes starting at once cannot overwrite each other's file:
+    the loser simply reads the winner's.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, secrets.token_bytes(SECRET_BYTES))
+        os.write(fd, secrets.token_bytes(size))
         os.fsync(fd)
     finally:
         os.close(fd)
     try:
         os.link(tmp, path)
-        log.info("created a new service secret at %s", path)
+        created = True
     except FileExistsError:
-        pass
+        created = False
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
+    return created
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
         fd = os.open(directory, os.O_RDONLY)
         try:
