@@ -205,6 +205,33 @@ def timed_single(fn: Callable[[F32], object], queries: F32, budget_s: float) -> 
             "single_qps": float(1e3 / arr.mean()), "n_single": len(lat)}
 
 
+def paired_single(mine: Callable[[F32], object], theirs: Callable[[F32], object],
+                  queries: F32, budget_s: float) -> dict[str, float]:
+    """Wrapper cost measured in pairs: each query runs through both searches back to back
+    (order alternating), so drift in the machine's speed between two timing phases (a
+    neighbour VM, the CPU clock) cancels out of the ratio. The ratio is of the medians."""
+    mine(queries[:1])
+    theirs(queries[:1])
+    a: list[float] = []
+    b: list[float] = []
+    start = time.perf_counter()
+    for i in range(queries.shape[0]):
+        q = queries[i : i + 1]
+        first, second, into = (mine, theirs, (a, b)) if i % 2 == 0 else (theirs, mine, (b, a))
+        t = time.perf_counter()
+        first(q)
+        t2 = time.perf_counter()
+        second(q)
+        t3 = time.perf_counter()
+        into[0].append(t2 - t)
+        into[1].append(t3 - t2)
+        if len(a) >= 20 and time.perf_counter() - start > budget_s:
+            break
+    p50a, p50b = float(np.median(a)) * 1e3, float(np.median(b)) * 1e3
+    return {"facegate_p50_ms": round(p50a, 4), "faiss_p50_ms": round(p50b, 4),
+            "ratio": round(p50a / p50b, 3), "pairs": len(a)}
+
+
 def timed_batch(fn: Callable[[F32], object], queries: F32, b: int, budget_s: float) -> float:
     batches = [np.ascontiguousarray(queries[i : i + b]) for i in range(0, len(queries) - b + 1, b)]
     if not batches:
@@ -308,13 +335,16 @@ class FacegateGallery(Engine):
 
 class FaissOfGallery(Engine):
     """Raw FAISS search on the very structure a facegate gallery built (wrapper cost):
-    same number of candidates, same efSearch."""
+    same number of candidates, same efSearch. A quantised gallery (sq8/fp16) fetches
+    rerank_factor x the candidates and re-scores them in fp32; the raw peer fetches as many,
+    so the wrapper's cost is the Python around FAISS plus that exact re-scoring."""
 
     def __init__(self, gallery: FacegateGallery, ef: int | None = None) -> None:
         self.name = f"faiss-{gallery.kind.value}"
         accel = gallery.g._accel
         assert accel is not None
         self.index: Any = accel.index
+        self.k = KF if accel.exact_scores else KF * gallery.g.config.rerank_factor
         self.params: Any = None
         if gallery.kind is IndexKind.HNSW:
             self.params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
@@ -322,7 +352,7 @@ class FaissOfGallery(Engine):
 
     def search(self, q: F32) -> I64:
         faiss.omp_set_num_threads(omp_for(q))
-        _, i = self.index.search(q, KF, params=self.params)
+        _, i = self.index.search(q, self.k, params=self.params)
         faiss.omp_set_num_threads(1)
         return np.asarray(i[:, 0], dtype=np.int64)
 
@@ -443,11 +473,14 @@ def ef_sweep(gallery: FacegateGallery, data: dict[str, Any], exact_top1: I64,
 # ---------------------------------------------------------------------- plan
 
 
+ENGINES = ("faiss-flat", "numpy-bruteforce", "facegate-flat", "facegate-sq8",
+           "facegate-fp16", "facegate-hnsw", "hnswlib", "usearch")
+
+
 def plan_engines(n: int, d: int, max_build_s: float,
                  mem_budget: float) -> tuple[list[str], dict[str, str]]:
     """Engines to run at (n, d), and the reason for each one skipped."""
-    names = ["faiss-flat", "numpy-bruteforce", "facegate-flat", "facegate-sq8",
-             "facegate-fp16", "facegate-hnsw", "hnswlib", "usearch"]
+    names = list(ENGINES)
     skipped: dict[str, str] = {}
     for name in ("facegate-hnsw", "hnswlib", "usearch"):
         est = build_estimate(name, n, d)
@@ -519,6 +552,8 @@ def main() -> None:
     ap.add_argument("--mem-budget-gib", type=float, default=0.0,
                     help="skip an engine needing more than this beside the data "
                          "(default: MemAvailable minus the data, at start)")
+    ap.add_argument("--engines", default="",
+                    help="comma-separated subset of the engines (default: all)")
     ap.add_argument("--plan", action="store_true", help="print the plan and estimate only")
     ap.add_argument("--quick", action="store_true", help="10k and 100k at 128-d, short timings")
     ap.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
@@ -545,6 +580,12 @@ def main() -> None:
             mem_budget = (args.mem_budget_gib * 2**30 if args.mem_budget_gib
                           else mem_available() - (n * d * 4 + 100 * n))
             engines, skipped = plan_engines(n, d, args.max_build_s, mem_budget)
+            if args.engines:
+                wanted = set(args.engines.split(","))
+                unknown = wanted - set(ENGINES)
+                if unknown:
+                    ap.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
+                engines = [e for e in engines if e in wanted]
             est = time_estimate(n, d, engines, budget=args.budget, bw=bw,
                                 n_recall=recall_queries(n, args.queries))
             total_est += est
@@ -606,13 +647,20 @@ def run_block(n: int, d: int, names: list[str], args: argparse.Namespace,
         if name in ("faiss-flat", "numpy-bruteforce"):
             row["build_s"] = None
         record(row)
-        if isinstance(engine, FacegateGallery) and engine.kind is not IndexKind.FLAT:
-            raw = FaissOfGallery(engine)
-            raw_row = run_engine(raw, data, exact_top1, args.budget, n_recall)
-            raw_row["build_s"], raw_row["memory_mb"] = None, None
-            if engine.kind is IndexKind.HNSW:
-                raw_row["ef_search"] = raw.params.efSearch
-            record(raw_row)
+        if isinstance(engine, FacegateGallery):
+            raw: Engine
+            if engine.kind is IndexKind.FLAT:
+                raw = FaissFlat()  # FAISS's exhaustive kernel on the benchmark's matrix
+                raw.build(data)
+            else:
+                raw = FaissOfGallery(engine)
+                raw_row = run_engine(raw, data, exact_top1, args.budget, n_recall)
+                raw_row["build_s"], raw_row["memory_mb"] = None, None
+                if engine.kind is IndexKind.HNSW:
+                    raw_row["ef_search"] = raw.params.efSearch
+                record(raw_row)
+            paired = paired_single(engine.search, raw.search, data["genuine"], args.budget)
+            record({"engine": f"wrapper-{engine.kind.value}", **paired})
             if engine.kind is IndexKind.HNSW:
                 record({"engine": "faiss-hnsw", "ef_sweep": ef_sweep(engine, data, exact_top1,
                                                                     n_recall)})
@@ -643,9 +691,14 @@ def summarise(rows: list[dict[str, Any]], bw: float) -> dict[str, Any]:
             out["batch64_vs_single"] = round(flat["batch64_qps"] / flat["single_qps"], 2)
             out["hinted_p99_ms"] = flat.get("hinted_p99_ms")
         for kind in ("flat", "hnsw", "sq8", "fp16"):
+            paired = next((r for r in rows if (r["n"], r["dim"], r["engine"])
+                           == (n, d, f"wrapper-{kind}")), None)
             mine, theirs = get(n, d, f"facegate-{kind}"), get(n, d, f"faiss-{kind}")
-            if mine and theirs:
-                out[f"wrapper_overhead_{kind}"] = round(mine["p50_ms"] / theirs["p50_ms"], 3)
+            if paired:  # measured query by query: the figure the target is judged on
+                out[f"wrapper_overhead_{kind}"] = paired["ratio"]
+            if mine and theirs:  # separate timing phases: drift between them included
+                out[f"wrapper_overhead_{kind}_sequential"] = round(
+                    mine["p50_ms"] / theirs["p50_ms"], 3)
         hnsw = get(n, d, "facegate-hnsw")
         if hnsw and flat:
             out["hnsw_ef_search"] = hnsw.get("ef_search")
@@ -658,8 +711,8 @@ def summarise(rows: list[dict[str, Any]], bw: float) -> dict[str, Any]:
     targets = {
         "at": key,
         "exact_single_within_1.25x_floor": at.get("exact_single_vs_floor", 9) <= 1.25,
-        "wrapper_overhead_le_10pct_flat": at.get("wrapper_overhead_flat", 9) <= 1.10,
-        "wrapper_overhead_le_10pct_hnsw": at.get("wrapper_overhead_hnsw", 9) <= 1.10,
+        **{f"wrapper_overhead_le_10pct_{kind}": at.get(f"wrapper_overhead_{kind}", 9) <= 1.10
+           for kind in ("flat", "hnsw", "sq8", "fp16")},
         "batch64_ge_4x_single": at.get("batch64_vs_single", 0) >= 4,
         "approx_recall_ge_0.99": (at.get("hnsw_recall_at_1") or 0) >= 0.99,
         "approx_ge_10x_exact": at.get("hnsw_speedup_vs_exact_single", 0) >= 10,
