@@ -7,7 +7,7 @@ import dataclasses
 import logging
 
 from index import Gallery, IndexConfig
-from service.audit import AuditLog
+from service.audit import AuditLog, open_audit_log
 from service.audited_service import AuditedService
 from service.config import Settings
 from service.data_keys import load_keyring
@@ -106,31 +106,28 @@ def build_liveness(settings: Settings) -> LivenessCheck | None:
     return detector
 
 
-def open_audit_log(settings: Settings) -> AuditLog | None:
-    """The ``[audit]`` log, or None when it is disabled."""
-    if not settings.audit.enabled:
-        return None
-    return AuditLog(
-        settings.audit_dir,
-        retention_days=settings.audit.retention_days,
-        fsync=settings.audit.fsync,
-    )
-
-
 def build_served_service(
     settings: Settings,
     *,
     metrics: ServiceMetrics | None = None,
     analyzer: FaceAnalyzer | None = None,
+    audit_log: AuditLog | None = None,
 ) -> AuditedService:
-    """The engine as the server runs it: stages timed by ``metrics``, every call audited."""
-    audit_log = open_audit_log(settings)
+    """The engine as the server runs it: stages timed by ``metrics``, every call audited.
+
+    ``audit_log`` is the server's (shared with the auth interceptor, which records refused
+    calls); without one the ``[audit]`` log of ``settings`` is opened here. The service
+    closes it either way.
+    """
+    given = audit_log is not None
+    if audit_log is None:
+        audit_log = open_audit_log(settings)
     try:
         engine = build_service(
             settings, analyzer=analyzer, timer=metrics if metrics is not None else NO_TIMING
         )
     except BaseException:
-        if audit_log is not None:
+        if audit_log is not None and not given:  # the server still records refusals in it
             audit_log.close()
         raise
     if audit_log is None:

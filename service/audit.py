@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import getpass
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from service.config import Settings
 from service.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ VERIFY: Final = "verify"
 GET_USER: Final = "get_user"
 LIST_USERS: Final = "list_users"
 IMPORT_TEMPLATES: Final = "import_templates"
+# Admin commands run on the server's machine (no RPC, no API key: the OS user acts).
+CREATE_API_KEY: Final = "create_api_key"
+REVOKE_API_KEY: Final = "revoke_api_key"
+ROTATE_DATA_KEY: Final = "rotate_data_key"
+ROTATE_TRANSFORM: Final = "rotate_transform"
 # Reads are not fsync'ed under fsync="writes": they are the payment hot path.
 READ_ACTIONS: Final = frozenset({IDENTIFY, VERIFY, GET_USER, LIST_USERS})
 
@@ -84,6 +91,10 @@ class AuditEvent:
     score: float | None = None  # identify/verify similarity
     hinted: bool | None = None  # identify: whether a phone hint was given (never the digits)
     duration_ms: float | None = None
+    # A call refused before it reached the engine (no or bad key, wrong role or collection):
+    # where it came from, since its key id may be unknown.
+    peer: str | None = None
+    target: str | None = None  # what an admin command acted on (an API key: id, role, scope)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -218,6 +229,56 @@ class AuditLog:
         self._fd_day = day
         self.prune()  # a new day: the oldest one may have left the window
         return self._fd
+
+
+def open_audit_log(settings: Settings) -> AuditLog | None:
+    """The ``[audit]`` log of these settings, or None when it is disabled."""
+    if not settings.audit.enabled:
+        return None
+    return AuditLog(
+        settings.audit_dir,
+        retention_days=settings.audit.retention_days,
+        fsync=settings.audit.fsync,
+    )
+
+
+def local_actor() -> str:
+    """Who runs an admin command on this machine: ``local:<OS user>`` (no API key involved)."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return f"local:uid{os.getuid()}"
+
+
+def record_local_action(
+    settings: Settings, action: str, *, outcome: str = OK, **details: Any
+) -> bool:
+    """Record an admin command run on this machine (key or template-key management).
+
+    True when recorded or the log is disabled. A failure is logged as a warning, not raised:
+    the command has already done its work, and the operator must hear about the gap.
+    """
+    try:
+        log_ = open_audit_log(settings)
+        if log_ is None:
+            return True
+        try:
+            log_.write(
+                AuditEvent(
+                    time=time.time(),
+                    action=action,
+                    outcome=outcome,
+                    key_id=local_actor(),
+                    role="admin",
+                    **details,
+                )
+            )
+        finally:
+            log_.close()
+    except (OSError, InvalidArgument, RuntimeError) as exc:
+        log.warning("%s was done but could not be audited: %s", action, exc)
+        return False
+    return True
 
 
 def prune_days(directory: Path, retention_days: int, now: float) -> list[Path]:

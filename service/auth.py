@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,8 @@ import grpc
 from facegate.v1 import facegate_pb2 as pb
 from google.protobuf.message import Message
 
+from service import audit
+from service.audit import AuditEvent, AuditSink
 from service.auth_keys import KeyRing
 from service.config import Settings
 from service.errors import (
@@ -146,9 +150,10 @@ def _request_types() -> dict[str, type[Message]]:
 class AuthInterceptor(_Interceptor):
     """Authenticates every call against a ``KeyRing`` and enforces ``RULES``."""
 
-    def __init__(self, keys: KeyRing, parse: Parse) -> None:
+    def __init__(self, keys: KeyRing, parse: Parse, audit_sink: AuditSink | None = None) -> None:
         self._keys = keys
         self._parse = parse
+        self._audit = audit_sink  # records each refused call (they never reach the engine)
         self._types = _request_types()
         missing = set(self._types) ^ set(RULES)
         if missing:  # a new RPC in the proto must get an access rule here
@@ -171,22 +176,29 @@ class AuthInterceptor(_Interceptor):
             )
         return _rewrap(handler, lambda behaviour: self._guard(method, _OTHER_SERVICES, behaviour))
 
-    def _authorise(self, method: str, rule: Rule, request: Any, context: Any) -> tuple[Any, Any]:
-        """(principal, request): the request parsed here when the scope check needed it."""
+    def _authorise(
+        self, method: str, rule: Rule, request: Any, context: Any, seen: _Seen
+    ) -> tuple[Any, Any]:
+        """(principal, request): the request parsed here when the scope check needed it.
+        ``seen`` learns the principal and collection as they become known (for the audit)."""
         principal = self._keys.authenticate(presented_key(context.invocation_metadata()))
+        seen.principal = principal
         check_role(principal, method, rule)
         if principal.collections is not None and rule.collection_field is not None:
             if isinstance(request, bytes):
                 request = self._parse(self._types[method], request)
-            check_collection(principal, method, getattr(request, rule.collection_field))
+            seen.collection = getattr(request, rule.collection_field)
+            check_collection(principal, method, seen.collection)
         return principal, request
 
     def _guard(self, method: str, rule: Rule, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            seen = _Seen()
             try:
-                principal, request = self._authorise(method, rule, request, context)
+                principal, request = self._authorise(method, rule, request, context, seen)
             except FacegateError as exc:
                 log.info("refused %s from %s: %s", method, context.peer(), exc.message)
+                self._record_refusal(method, exc, context.peer(), seen)
                 context.abort_with_status(status_for(exc))
             with acting_as(principal):
                 response = behaviour(request, context)
@@ -198,6 +210,41 @@ class AuthInterceptor(_Interceptor):
 
         guarded.__name__ = method
         return guarded
+
+    def _record_refusal(self, method: str, exc: FacegateError, peer: str, seen: _Seen) -> None:
+        if self._audit is None:
+            return
+        principal = seen.principal
+        event = AuditEvent(
+            time=time.time(),
+            action=audit_action(method),
+            outcome=audit.REFUSED,
+            key_id=principal.key_id if principal is not None else UNKNOWN_CALLER,
+            role=principal.role.value if principal is not None else UNKNOWN_CALLER,
+            collection=seen.collection,
+            reason=exc.reason,
+            peer=peer,
+        )
+        try:
+            self._audit.write(event)
+        except Exception:  # the refusal stands; a logging fault must not change it
+            log.exception("audit: could not record the refused %s (%s)", method, event.id)
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What a refused call revealed before it was refused."""
+
+    principal: Principal | None = None
+    collection: str | None = None
+
+
+UNKNOWN_CALLER = "-"  # key id and role of a call whose key was missing or matched none
+
+
+def audit_action(method: str) -> str:
+    """The audit action of an RPC: ``DeleteUser`` -> ``delete_user`` (the engine's names)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", method.rpartition("/")[2]).lower()
 
 
 def _rewrap(
@@ -243,7 +290,12 @@ def is_loopback(address: str) -> bool:
 
 
 def build_auth(
-    settings: Settings, address: str, parse: Parse, *, tls_enabled: bool
+    settings: Settings,
+    address: str,
+    parse: Parse,
+    *,
+    tls_enabled: bool,
+    audit_sink: AuditSink | None = None,
 ) -> AuthInterceptor | None:
     """The interceptor for ``settings.auth`` (None without a keys file), after refusing or
     loudly warning about an exposed server without keys."""
@@ -279,4 +331,4 @@ def build_auth(
             "API keys travel in plaintext on %s: configure [tls] so they cannot be sniffed.",
             address,
         )
-    return AuthInterceptor(keys, parse)
+    return AuthInterceptor(keys, parse, audit_sink)

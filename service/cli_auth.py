@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.audit import CREATE_API_KEY, REVOKE_API_KEY, record_local_action
 from service.auth_keys import KeyEntry, add_key, load_keys, revoke_key
-from service.config import load_settings
+from service.config import Settings, load_settings
 from service.errors import InvalidArgument
 from service.principal import Role
 from service.tls import ClientTls
@@ -114,13 +115,29 @@ def register(subparsers: Any) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys-file", type=Path, help="default: auth.keys_file of the settings")
     p.add_argument("--config", type=Path, help="TOML settings file (for auth.keys_file)")
+    p.add_argument(
+        "--data-dir", type=Path, help="the server's data directory (its audit log records this)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def _keys_file(args: argparse.Namespace) -> Path | None:
     if args.keys_file is not None:
         return Path(args.keys_file)
-    return load_settings(config_file=args.config).auth.keys_file
+    return _settings(args).auth.keys_file
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(config_file=args.config, data_dir=getattr(args, "data_dir", None))
+
+
+def _audit(args: argparse.Namespace, action: str, entry: KeyEntry) -> None:
+    """Record a key change in the server's audit log (``[audit]`` of the settings)."""
+    record_local_action(
+        _settings(args),
+        action,
+        target=f"{entry.key_id} role={entry.role.value} scope={_scope(entry)}",
+    )
 
 
 def _describe(entry: KeyEntry) -> dict[str, Any]:
@@ -151,6 +168,7 @@ def _run(args: argparse.Namespace, action: Any) -> int:
 def run_create(args: argparse.Namespace) -> int:
     def create(path: Path) -> int:
         key, entry = add_key(path, args.id, args.role, args.collection)
+        _audit(args, CREATE_API_KEY, entry)
         if args.json:
             print(json.dumps({**_describe(entry), "key": key, "keys_file": str(path)}))
         else:
@@ -183,6 +201,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_revoke(args: argparse.Namespace) -> int:
     def revoke(path: Path) -> int:
         entry = revoke_key(path, args.id)
+        _audit(args, REVOKE_API_KEY, entry)
         if args.json:
             print(json.dumps({"revoked": entry.key_id}))
         else:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.audit import FAILED, OK, ROTATE_DATA_KEY, ROTATE_TRANSFORM, record_local_action
 from service.config import Settings, load_settings
 from service.data_keys import create_key_file, load_keyring, transform_master_key
 from service.errors import FacegateError
@@ -151,6 +152,14 @@ def run_rotate_key(args: argparse.Namespace) -> int:
         result = rotate_data_key(settings, args.new_key_file)
     except (FacegateError, StoreInUse, OSError) as exc:
         return _fail(exc)
+    record_local_action(
+        settings,
+        ROTATE_DATA_KEY,
+        outcome=OK if result.finished else FAILED,
+        reason=None if result.finished else "TEMPLATES_UNREADABLE",
+        count=result.resealed,
+        target=f"key {result.key_id}",
+    )
     doc = {
         "key_id": result.key_id,
         "key_source": result.key_source,
@@ -198,6 +207,15 @@ def run_rotate_transform(args: argparse.Namespace) -> int:
         return _fail(exc)
     finally:
         store.close()
+    record_local_action(
+        settings,
+        ROTATE_TRANSFORM,
+        outcome=FAILED if report.unreadable else OK,
+        reason="TEMPLATES_UNREADABLE" if report.unreadable else None,
+        collection=row.name,
+        count=report.resealed,
+        target=f"transform generation {row.transform_gen}",
+    )
     doc = {
         "collection": row.name,
         "transform_generation": row.transform_gen,

@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service import convert
+from service.audit import AuditLog, open_audit_log
 from service.auth import build_auth
 from service.cancellation import call_scope
 from service.config import Settings
@@ -271,10 +272,13 @@ class FaceGateServer(grpc.Server):
         slot: _EngineSlot,
         health_servicer: health.HealthServicer,
         loader: Loader | None,
+        *,
         metrics: ServiceMetrics | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self._server = server
         self._metrics = metrics
+        self._audit_log = audit_log  # closed last (the engine may never have loaded)
         self.metrics_port: int | None = None  # the Prometheus endpoint's port, once listening
         self._slot = slot
         self._health = health_servicer
@@ -322,6 +326,8 @@ class FaceGateServer(grpc.Server):
             finally:
                 if self._metrics is not None:
                     self._metrics.stop_http()
+                if self._audit_log is not None:
+                    self._audit_log.close()
                 terminated.set()
 
         threading.Thread(target=close_engine, name="facegate-shutdown", daemon=True).start()
@@ -405,6 +411,10 @@ def create_server(
         raise ValueError("pass either service or loader, not both")
     slot = _EngineSlot()
     metrics = ServiceMetrics(engine=slot.peek) if parse_listen(settings.metrics.listen) else None
+    # The server's audit log: the auth interceptor records the calls it refuses (they never
+    # reach the engine), the default engine records the rest. An engine passed in ready
+    # (``service``, tests) is audited, if at all, by whoever built it.
+    audit_log = open_audit_log(settings) if service is None else None
     if service is None and loader is None:
         # The real engine: imported only when needed (heavy imports; tests pass fakes).
         build: Callable[..., FaceServicePort] = importlib.import_module(
@@ -412,7 +422,7 @@ def create_server(
         ).build_served_service
 
         def default_loader() -> FaceServicePort:
-            return build(settings, metrics=metrics)
+            return build(settings, metrics=metrics, audit_log=audit_log)
 
         loader = default_loader
     if metrics is not None:  # first: it also counts calls later interceptors refuse
@@ -421,7 +431,9 @@ def create_server(
     address = _address(settings.listen, port)
     warn_without_liveness(settings)
     credentials = server_credentials(settings.tls)  # checks the files before binding
-    auth = build_auth(settings, address, _parse, tls_enabled=credentials is not None)
+    auth = build_auth(
+        settings, address, _parse, tls_enabled=credentials is not None, audit_sink=audit_log
+    )
     if auth is not None:  # innermost, so outer interceptors (metrics) see refusals too
         interceptors = [*interceptors, auth]
 
@@ -449,7 +461,9 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    wrapper = FaceGateServer(server, slot, health_servicer, loader, metrics)
+    wrapper = FaceGateServer(
+        server, slot, health_servicer, loader, metrics=metrics, audit_log=audit_log
+    )
     if service is not None:
         slot.load(lambda: service, wrapper._set_serving)
 

@@ -22,6 +22,13 @@ SHARED_FACES = SHARED / "faces"
 SHARED_MODELS = SHARED / "models"
 
 
+@pytest.fixture(autouse=True)
+def _no_default_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that falls back to the default data directory (``$XDG_DATA_HOME/facegate``)
+    must write under the test's tmp_path, never into the developer's home."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
 def require_shared_faces() -> Path:
     if not SHARED_FACES.is_dir():
         pytest.skip(f"needs the shared face photos at {SHARED_FACES} (absent on this machine)")

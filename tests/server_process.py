@@ -13,12 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from conftest import ROOT
 
-from service.client import FaceGateClient
+from service.client import FaceGateClient, ServiceNotReady
 from service.pipeline.quality import QualityLimits, QualityPolicy
 
 READY_TIMEOUT_S = 300.0
@@ -99,8 +100,30 @@ class ServerProcess:
             )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait for SERVING; fail at once, with the child's log, if the child exits first.
+
+        A child that died during start-up (bad environment, crash in recovery) must not look
+        like a slow start: the failure names the exit status and shows what the server said.
+        """
+        deadline = time.monotonic() + timeout
         with FaceGateClient(self.target, timeout=10) as client:
-            client.wait_ready(timeout)
+            while True:
+                if not self.alive():
+                    status = self.proc.returncode if self.proc is not None else None
+                    raise AssertionError(
+                        f"the server exited (status {status}) before serving\n{self.log_tail()}"
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"the server (pid {self.pid}) was not serving after {timeout:g}s"
+                        f"\n{self.log_tail()}"
+                    )
+                try:
+                    client.wait_ready(min(left, 2.0))
+                    return
+                except ServiceNotReady:
+                    continue
 
     def kill(self) -> None:
         """SIGKILL: no handler runs, nothing is flushed or closed."""

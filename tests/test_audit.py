@@ -397,12 +397,15 @@ def test_cli_shows_and_filters_records(
 
 
 def test_records_name_the_authenticated_key_through_a_real_server(tmp_path: Path) -> None:
-    """The auth interceptor binds the principal; the audited engine behind it records it."""
+    """The auth interceptor binds the principal; the audited engine behind it records it.
+    Calls the interceptor refuses never reach the engine: it records them itself, with the
+    key id when the key was valid and the caller's address always."""
     from grpc_fakes import fake_settings
 
     from service.auth_keys import add_key
     from service.client import FaceGateClient
     from service.config import AuthSettings
+    from service.errors import ApiKeyInvalid, ApiKeyMissing, CollectionDenied, RoleDenied
     from service.grpc_server import create_server
 
     keys = tmp_path / "keys.toml"
@@ -425,14 +428,75 @@ def test_records_name_the_authenticated_key_through_a_real_server(tmp_path: Path
             c.identify(IdentifyRequest("shop", face_png(ALICE, 1)))
             with pytest.raises(NoFace):
                 c.identify(IdentifyRequest("shop", no_face_png()))
+            with pytest.raises(RoleDenied):
+                c.delete_user("shop", "alice")
+            with pytest.raises(CollectionDenied):
+                c.identify(IdentifyRequest("cafe", face_png(ALICE, 1)))
+        forged = "fgk_" + "A" * 43
+        with FaceGateClient(target, api_key=forged) as c, pytest.raises(ApiKeyInvalid):
+            c.identify(IdentifyRequest("shop", face_png(ALICE, 1)))
+        with FaceGateClient(target) as c, pytest.raises(ApiKeyMissing):
+            c.list_collections()
     finally:
         server.stop(None).wait(30)
-    got = [(e.action, e.key_id, e.role, e.outcome, e.decision) for e in records(settings)]
+    events = records(settings)
+    got = [(e.action, e.key_id, e.role, e.outcome, e.decision or e.reason) for e in events]
     assert got == [
         ("create_collection", "root", "admin", "ok", None),
         ("enroll", "desk-1", "enroller", "ok", "CREATED"),
         ("identify", "till-7", "terminal", "ok", "MATCH"),
-        ("identify", "till-7", "terminal", "refused", None),
+        ("identify", "till-7", "terminal", "refused", "NO_FACE"),
+        ("delete_user", "till-7", "terminal", "refused", "ROLE_DENIED"),
+        ("identify", "till-7", "terminal", "refused", "COLLECTION_DENIED"),
+        ("identify", "-", "-", "refused", "API_KEY_INVALID"),
+        ("list_collections", "-", "-", "refused", "API_KEY_MISSING"),
     ]
+    assert events[5].collection == "cafe"  # the collection it was refused
+    assert all(e.peer and "127.0.0.1" in e.peer for e in events[4:])  # where refusals came from
+    assert all(e.peer is None for e in events[:4])
     text = "\n".join(raw_lines(settings))
     assert root not in text and desk not in text and till not in text  # ids, never keys
+    assert forged not in text
+
+
+def test_offline_admin_commands_are_audited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Key creation and revocation, and template-key rotation, happen on the server's machine
+    without an RPC; they are admin actions all the same and land in the same log."""
+    data = tmp_path / "data"
+    keys = str(tmp_path / "keys.toml")
+    common = ("--keys-file", keys, "--data-dir", str(data))
+    assert cli_main(["keys", "create", *common, "--id", "till-7", "--role", "terminal",
+                     "--collection", "shop"]) == 0  # fmt: skip
+    assert cli_main(["keys", "revoke", *common, "--id", "till-7"]) == 0
+    assert cli_main(["crypto", "rotate-key", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    settings = load_settings(environ={}, data_dir=data)
+    events = records(settings)
+    assert [(e.action, e.outcome, e.role) for e in events] == [
+        (audit.CREATE_API_KEY, "ok", "admin"),
+        (audit.REVOKE_API_KEY, "ok", "admin"),
+        (audit.ROTATE_DATA_KEY, "ok", "admin"),
+    ]
+    assert all(e.key_id.startswith("local:") for e in events)  # the OS user, not a key
+    assert events[0].target == events[1].target == "till-7 role=terminal scope=shop"
+    assert events[2].count == 0 and events[2].target is not None
+    key = out.splitlines()[0]
+    assert key.startswith("fgk_") and key not in "\n".join(raw_lines(settings))
+
+
+def test_an_unwritable_audit_log_warns_but_does_not_undo_the_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(environ={}, data_dir=tmp_path / "data")
+    settings.data_dir.mkdir(parents=True)
+    settings.audit_dir.write_text("not a directory")  # the log cannot be opened
+    with caplog.at_level("WARNING"):
+        assert not audit.record_local_action(settings, audit.CREATE_API_KEY, target="x")
+    assert "create_api_key was done but could not be audited" in caplog.text
+    disabled = load_settings(
+        environ={}, data_dir=tmp_path / "off", audit=AuditSettings(enabled=False)
+    )
+    assert audit.record_local_action(disabled, audit.CREATE_API_KEY, target="x")
+    assert not disabled.audit_dir.exists()

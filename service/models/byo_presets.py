@@ -30,6 +30,27 @@ def _per_stride(strides: tuple[int, ...], **names: tuple[str, ...]) -> dict[str,
 
 _STRIDES = (8, 16, 32)
 
+
+def _insightface_scrfd(
+    *, score: tuple[str, ...], bbox: tuple[str, ...], kps: tuple[str, ...]
+) -> dict[str, Any]:
+    """An InsightFace SCRFD export (``*_bnkps.onnx``): per-stride score/bbox/kps outputs."""
+    return {
+        "kind": "scrfd",
+        "input": "input.1",
+        "input_size": [640, 640],
+        "colour": "RGB",
+        "mean": [127.5, 127.5, 127.5],
+        "std": [128.0, 128.0, 128.0],
+        "strides": list(_STRIDES),
+        "anchors_per_cell": 2,
+        "outputs": _per_stride(_STRIDES, score=score, bbox=bbox, kps=kps),
+        "score_threshold": 0.5,
+        "nms_iou": 0.4,
+        "licence": "InsightFace: non-commercial research only (evaluation only)",
+    }
+
+
 DETECTOR_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "yunet_2023mar": {
@@ -47,44 +68,13 @@ DETECTOR_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "nms_iou": 0.3,
             "licence": "MIT",
         },
-        "scrfd_2.5g": {
-            "kind": "scrfd",
-            "input": "input.1",
-            "input_size": [640, 640],
-            "colour": "RGB",
-            "mean": [127.5, 127.5, 127.5],
-            "std": [128.0, 128.0, 128.0],
-            "strides": list(_STRIDES),
-            "anchors_per_cell": 2,
-            "outputs": _per_stride(
-                _STRIDES,
-                score=("446", "466", "486"),
-                bbox=("449", "469", "489"),
-                kps=("452", "472", "492"),
-            ),
-            "score_threshold": 0.5,
-            "nms_iou": 0.4,
-            "licence": "InsightFace: non-commercial research only (evaluation only)",
-        },
-        "scrfd_500m": {
-            "kind": "scrfd",
-            "input": "input.1",
-            "input_size": [640, 640],
-            "colour": "RGB",
-            "mean": [127.5, 127.5, 127.5],
-            "std": [128.0, 128.0, 128.0],
-            "strides": list(_STRIDES),
-            "anchors_per_cell": 2,
-            "outputs": _per_stride(
-                _STRIDES,
-                score=("443", "468", "493"),
-                bbox=("446", "471", "496"),
-                kps=("449", "474", "499"),
-            ),
-            "score_threshold": 0.5,
-            "nms_iou": 0.4,
-            "licence": "InsightFace: non-commercial research only (evaluation only)",
-        },
+        # InsightFace's exports differ only in their output tensors' names.
+        "scrfd_2.5g": _insightface_scrfd(
+            score=("446", "466", "486"), bbox=("449", "469", "489"), kps=("452", "472", "492")
+        ),
+        "scrfd_500m": _insightface_scrfd(
+            score=("443", "468", "493"), bbox=("446", "471", "496"), kps=("449", "474", "499")
+        ),
         "retinaface_mnet025": {
             "kind": "retinaface",
             "input": "input0",
