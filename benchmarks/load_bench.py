@@ -58,7 +58,6 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.accuracy import machine  # noqa: E402
 from benchmarks.load_mix import Identity, MixedLoad, parse_mix  # noqa: E402
-from service.client import FaceGateClient  # noqa: E402
 from service.domain import (  # noqa: E402
     CollectionKind,
     CollectionSpec,
@@ -67,8 +66,9 @@ from service.domain import (  # noqa: E402
     IdentifyRequest,
 )
 from service.errors import FacegateError, FaceRejected, UnknownCollection  # noqa: E402
-from service.grpc_errors import code_for  # noqa: E402
 from service.pipeline.quality import QualityLimits, QualityPolicy  # noqa: E402
+from service.transport.client import FaceGateClient  # noqa: E402
+from service.transport.status import code_for  # noqa: E402
 
 SYNTHETIC_PREFIX = "synthetic-"
 # LFW photos are 250x250 with faces too small for the strict enrolment preset; the benchmark

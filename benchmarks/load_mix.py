@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from service.client import FaceGateClient
 from service.domain import Decision, EnrollRequest, IdentifyRequest
 from service.errors import DuplicateFace, FacegateError, FaceRejected
-from service.grpc_errors import code_for
+from service.transport.client import FaceGateClient
+from service.transport.status import code_for
 
 KINDS = ("enroll", "identify", "delete")
 # Refusals that are correct answers about the photo, not failures of the service.

@@ -7,20 +7,20 @@ import dataclasses
 import logging
 
 from index import Gallery, IndexConfig
-from service.audit import AuditLog, open_audit_log
-from service.audited_service import AuditedService
 from service.config import Settings
-from service.data_keys import load_keyring
-from service.engine import FaceService
-from service.face_gate import LivenessCheck
-from service.gallery_restore import remove_orphan_snapshots, restore
-from service.metrics import ServiceMetrics
+from service.crypto.data_keys import load_keyring
+from service.crypto.secrets_file import load_or_create_secret
+from service.crypto.template_crypto import TemplateCipher
+from service.engine.face_service import FaceService
+from service.maintenance.transform_rotation import finish_interrupted_reissues
+from service.observability.audit import AuditLog, open_audit_log
+from service.observability.audited_service import AuditedService
+from service.observability.metrics import ServiceMetrics
 from service.pipeline.analyzer import FaceAnalyzer
+from service.pipeline.face_gate import LivenessCheck
 from service.pipeline.timing import NO_TIMING, StageTimer
-from service.secrets_file import load_or_create_secret
-from service.store import Store
-from service.template_crypto import TemplateCipher
-from service.transform_rotation import finish_interrupted_reissues
+from service.store.sqlite import Store
+from service.vector_index.restore import remove_orphan_snapshots, restore
 
 log = logging.getLogger(__name__)
 

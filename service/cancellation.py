@@ -4,7 +4,7 @@ gRPC gives a call's concurrency slot (``max_concurrent_rpcs``) back only when it
 returns, and a handler learns nothing by itself of a client that cancelled or went away:
 without this, a cancelled ten-photo enrolment kept its slot for its whole pipeline run (and
 then enrolled the user anyway). The transport binds the call's liveness check for the
-duration of the call (a ``ContextVar``, like ``service.principal``, so it follows the call's
+duration of the call (a ``ContextVar``, like ``service.access.principal``, so it follows the call's
 thread and never leaks into another call); the engine calls ``raise_if_abandoned()`` where
 it already checks the deadline, between pipeline stages, so an abandoned call ends at the
 next stage and commits nothing after it. Outside a call (tests, in-process use) nothing is

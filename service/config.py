@@ -33,7 +33,7 @@ class DecodeLimits:
 
 @dataclass(frozen=True, kw_only=True)
 class AuthSettings:
-    """``[auth]``: API keys (see ``service.auth_keys``); no keys file = no authentication."""
+    """``[auth]``: API keys (see ``service.access.api_keys``); no keys file = no authentication."""
 
     # TOML file of key ids, roles, scopes and SHA-256 hashes (``facegate keys create``).
     keys_file: Path | None = None
@@ -77,7 +77,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class CryptoSettings:
-    """``[crypto]``: keys for templates and snapshots at rest (see ``service.data_keys``)."""
+    """``[crypto]``: keys for templates and snapshots at rest (see ``service.crypto.data_keys``)."""
 
     # The key itself (base64 or hex of 32 bytes); meant for FACEGATE_CRYPTO_KEY.
     key: str | None = field(default=None, repr=False)

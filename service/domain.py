@@ -1,6 +1,6 @@
 """Domain requests and results of the face service: what the engine takes and returns.
 
-These are transport-free; ``service.convert`` is the only module that turns them into and
+These are transport-free; ``service.transport.convert`` is the only module that turns them into and
 out of protobuf messages.
 """
 

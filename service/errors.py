@@ -1,7 +1,7 @@
 """facegate's exception tree, free of any transport.
 
 Every error a caller can cause or observe is one of these; the gRPC layer maps them to
-status codes in exactly one place (``service.grpc_errors``) and attaches ``reason`` and
+status codes in exactly one place (``service.transport.status``) and attaches ``reason`` and
 ``metadata`` as a ``google.rpc.ErrorInfo``. "No match" is a result, never an error.
 
     FacegateError

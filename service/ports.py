@@ -1,5 +1,5 @@
-"""What the gRPC layer needs from the engine: ``service.engine.FaceService`` satisfies this,
-and tests pass small fakes."""
+"""What the gRPC layer needs from the engine: ``service.engine.face_service.FaceService``
+satisfies this, and tests pass small fakes."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ from service.errors import (
     UnknownUser,
     UserExists,
 )
-from service.grpc_server import FaceGateServer, create_server
+from service.transport.server import FaceGateServer, create_server
 
 BOX = FaceBox(left=10.0, top=20.0, right=110.0, bottom=140.0, score=0.99)
 THRESHOLD = 0.6

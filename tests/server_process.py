@@ -19,8 +19,8 @@ from pathlib import Path
 
 from conftest import ROOT
 
-from service.client import FaceGateClient, ServiceNotReady
 from service.pipeline.quality import QualityLimits, QualityPolicy
+from service.transport.client import FaceGateClient, ServiceNotReady
 
 READY_TIMEOUT_S = 300.0
 

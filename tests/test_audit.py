@@ -18,11 +18,9 @@ import pytest
 from conftest import ROOT
 from fakes import FAKE_DIM, FakeAnalyzer, face_png, no_face_png
 
-from service import audit
+from service.access.principal import Principal, Role, acting_as
 from service.app import build_served_service
-from service.audit import AuditEvent, AuditLog, ReadStats, day_file, prune_days, read_events
-from service.audited_service import AuditedService
-from service.cli import main as cli_main
+from service.cli.main import main as cli_main
 from service.config import AuditSettings, Settings, load_settings
 from service.domain import (
     CollectionSpec,
@@ -39,7 +37,16 @@ from service.errors import (
     UnknownCollection,
     UnknownUser,
 )
-from service.principal import Principal, Role, acting_as
+from service.observability import audit
+from service.observability.audit import (
+    AuditEvent,
+    AuditLog,
+    ReadStats,
+    day_file,
+    prune_days,
+    read_events,
+)
+from service.observability.audited_service import AuditedService
 
 ALICE, BOB = 1, 2
 PHONE = "+86 138 0013 7294"
@@ -304,7 +311,7 @@ def test_a_torn_last_line_is_ended_before_the_next_record(tmp_path: Path) -> Non
 _WRITER = """
 import sys, time
 from pathlib import Path
-from service.audit import AuditEvent, AuditLog
+from service.observability.audit import AuditEvent, AuditLog
 log = AuditLog(Path(sys.argv[1]), fsync="never")
 for i in range(int(sys.argv[2])):
     log.write(AuditEvent(time=time.time(), action="enroll", outcome="ok", key_id="cli",
@@ -402,11 +409,11 @@ def test_records_name_the_authenticated_key_through_a_real_server(tmp_path: Path
     key id when the key was valid and the caller's address always."""
     from grpc_fakes import fake_settings
 
-    from service.auth_keys import add_key
-    from service.client import FaceGateClient
+    from service.access.api_keys import add_key
     from service.config import AuthSettings
     from service.errors import ApiKeyInvalid, ApiKeyMissing, CollectionDenied, RoleDenied
-    from service.grpc_server import create_server
+    from service.transport.client import FaceGateClient
+    from service.transport.server import create_server
 
     keys = tmp_path / "keys.toml"
     root, _ = add_key(keys, "root", "admin")

@@ -19,15 +19,16 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from service import errors, grpc_server
-from service.auth import is_loopback
-from service.auth_keys import add_key, revoke_key
-from service.client import FaceGateClient
+from service import errors
+from service.access.api_keys import add_key, revoke_key
+from service.access.principal import Principal, current_principal
 from service.config import AuthSettings, load_settings
 from service.domain import EnrollRequest, IdentifyRequest
-from service.grpc_errors import error_info, reason_of
-from service.grpc_server import SERVICE_NAME, create_server
-from service.principal import Principal, current_principal
+from service.transport import server as grpc_server
+from service.transport.auth import is_loopback
+from service.transport.client import FaceGateClient
+from service.transport.server import SERVICE_NAME, create_server
+from service.transport.status import error_info, reason_of
 
 
 class RecordingFake(FakeFaceService):
@@ -172,7 +173,7 @@ def test_health_and_reflection_need_no_key(served: tuple[grpc.Channel, Recording
 
 # ---------------------------------------------------------------- roles
 
-# The table, written out here rather than read from service.auth.RULES.
+# The table, written out here rather than read from service.transport.auth.RULES.
 ALLOWED = {
     "terminal": {"Identify", "Verify", "GetServerInfo"},
     "enroller": {
@@ -398,7 +399,7 @@ def test_is_loopback(address: str, local: bool) -> None:
 
 
 def test_loopback_without_keys_warns_loudly(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="service.auth"):
+    with caplog.at_level(logging.WARNING, logger="service.transport.auth"):
         server, _ = create_server(fake_settings(), service=FakeFaceService(), port=0)
     server.stop(None).wait(10)
     assert "AUTHENTICATION IS OFF" in caplog.text and "acts as admin" in caplog.text
@@ -414,7 +415,7 @@ def test_non_loopback_without_keys_refuses_to_start() -> None:
 
 def test_non_loopback_waiver_starts_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     settings = fake_settings(listen="0.0.0.0:0", auth=AuthSettings(allow_unauthenticated=True))
-    with caplog.at_level(logging.WARNING, logger="service.auth"):
+    with caplog.at_level(logging.WARNING, logger="service.transport.auth"):
         server, port = create_server(settings, service=FakeFaceService(), port=0)
     try:
         assert port > 0
@@ -428,7 +429,7 @@ def test_non_loopback_with_keys_but_no_tls_warns_about_plaintext(
     keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = fake_settings(listen="0.0.0.0:0", auth=AuthSettings(keys_file=keys.path))
-    with caplog.at_level(logging.WARNING, logger="service.auth"):
+    with caplog.at_level(logging.WARNING, logger="service.transport.auth"):
         server, _ = create_server(settings, service=FakeFaceService(), port=0)
     server.stop(None).wait(10)
     assert "API keys travel in plaintext" in caplog.text

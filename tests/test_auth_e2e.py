@@ -11,13 +11,13 @@ from PIL import Image
 from tls_certs import CertificateAuthority
 
 from service import errors
-from service.auth_keys import add_key
-from service.client import FaceGateClient
+from service.access.api_keys import add_key
 from service.config import AuthSettings, TlsSettings, load_settings
 from service.domain import CollectionSpec, Decision, EnrollRequest, IdentifyRequest
-from service.grpc_errors import RemoteError
-from service.grpc_server import create_server
-from service.tls import ClientTls
+from service.transport.client import FaceGateClient
+from service.transport.server import create_server
+from service.transport.status import RemoteError
+from service.transport.tls import ClientTls
 
 pytest.importorskip("service.app", reason="service.app.build_service is not there yet")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.auth_keys import (
+from service.access.api_keys import (
     KEY_PREFIX,
     KeyRing,
     add_key,
@@ -21,8 +21,8 @@ from service.auth_keys import (
     parse_keys,
     revoke_key,
 )
+from service.access.principal import Role
 from service.errors import ApiKeyInvalid, InvalidArgument
-from service.principal import Role
 
 HASH = "ab" * 32
 
@@ -160,7 +160,7 @@ def test_keyring_reloads_changes_and_keeps_old_keys_on_a_broken_file(
         ring.authenticate(old_key)
     good = path.read_text()
     path.write_text(good + "\n[[keys]]\nid = 'broken'\n")
-    with caplog.at_level(logging.ERROR, logger="service.auth_keys"):
+    with caplog.at_level(logging.ERROR, logger="service.access.api_keys"):
         assert ring.authenticate(new_key).key_id == "new"  # previous keys kept
     assert "keeping the previous API keys" in caplog.text and "missing 'role'" in caplog.text
     os.unlink(path)

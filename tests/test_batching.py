@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from service.batching import BatcherClosedError, MicroBatcher
+from service.engine.batching import BatcherClosedError, MicroBatcher
 from service.errors import Overloaded
 
 

@@ -17,7 +17,6 @@ from byo_packs import make_pack, require_shared_models
 from conftest import SHARED_FACES
 
 from service import errors
-from service.client import FaceGateClient
 from service.config import Settings, load_settings
 from service.domain import (
     CollectionKind,
@@ -27,8 +26,9 @@ from service.domain import (
     IdentifyRequest,
     QualityLimits,
 )
-from service.grpc_server import FaceGateServer, create_server
 from service.models.pack import DEFAULT_PACK, MODEL_ID
+from service.transport.client import FaceGateClient
+from service.transport.server import FaceGateServer, create_server
 
 READY_TIMEOUT_S = 300.0
 LFW = SHARED_FACES / "lfw-devtrain" / "images"

@@ -12,7 +12,7 @@ import pytest
 from byo_packs import MOBILEFACENET, detector_file, make_pack, require_shared_models
 from conftest import SHARED_FACES, grace_hopper_path
 
-from service.cli import main as cli_main
+from service.cli.main import main as cli_main
 from service.config import Settings
 from service.errors import InvalidArgument, ModelPackError
 from service.models.byo_pack import (

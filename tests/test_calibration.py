@@ -1,5 +1,5 @@
 """Threshold computation for target false-match rates, the calibration record, and the
-per-kind default thresholds it feeds (service.models.calibration, service.decisions)."""
+per-kind default thresholds it feeds (service.models.calibration, service.engine.decisions)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from service.app import build_service
 from service.config import Settings
-from service.decisions import DEFAULT_TARGET_FMR, PAY_THRESHOLD_OFFSET, default_threshold
 from service.domain import CollectionKind, CollectionSpec
+from service.engine.decisions import DEFAULT_TARGET_FMR, PAY_THRESHOLD_OFFSET, default_threshold
 from service.errors import InvalidArgument, ModelPackError
 from service.models.calibration import (
     Calibration,
@@ -198,12 +198,12 @@ def test_default_threshold_takes_the_calibrated_point_of_each_kind() -> None:
 
 def test_default_threshold_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     partial = calibration(f1e_3=0.93)  # no point for PAY's 1e-5
-    with caplog.at_level(logging.WARNING, logger="service.decisions"):
+    with caplog.at_level(logging.WARNING, logger="service.engine.decisions"):
         pay = default_threshold(CollectionKind.PAY, 0.8, partial)
     assert pay == pytest.approx(0.8 + PAY_THRESHOLD_OFFSET)
     assert "no calibrated threshold for FMR 1e-05" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="service.decisions"):
+    with caplog.at_level(logging.WARNING, logger="service.engine.decisions"):
         assert default_threshold(CollectionKind.MEMBER, 0.8, None) == 0.8
     assert "not calibrated" in caplog.text
 

@@ -17,7 +17,7 @@ from service.app import build_service
 from service.cancellation import call_scope, raise_if_abandoned
 from service.config import Settings
 from service.domain import CollectionSpec, EnrollRequest, IdentifyRequest
-from service.engine import FaceService
+from service.engine.face_service import FaceService
 from service.errors import CallCancelled
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from grpc_fakes import running_server
 
-from service.cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, main
+from service.cli.main import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, main
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == EXIT_OK
     for command in ("serve", "collections", "enroll", "identify", "verify", "delete", "users"):
         assert command in out
-    assert "embed" in out  # registered by service.cli_embed
+    assert "embed" in out  # registered by service.cli.embed
 
 
 def test_probe_token_retry(target: str, capsys: pytest.CaptureFixture[str]) -> None:

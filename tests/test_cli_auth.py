@@ -11,10 +11,10 @@ import pytest
 from grpc_fakes import running_server
 from tls_certs import CertificateAuthority
 
-from service.auth_keys import add_key, hash_key, load_keys
-from service.cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, main
+from service.access.api_keys import add_key, hash_key, load_keys
+from service.access.principal import Role
+from service.cli.main import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, main
 from service.config import AuthSettings, TlsSettings
-from service.principal import Role
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

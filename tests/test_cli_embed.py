@@ -10,7 +10,7 @@ import pytest
 from conftest import astronaut_rgb, grace_hopper_path, jpeg_bytes
 from PIL import Image
 
-from service.cli import main
+from service.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

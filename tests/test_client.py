@@ -12,7 +12,6 @@ import pytest
 from grpc_fakes import BOX, FakeFaceService, fake_settings, running_server
 
 from service import errors
-from service.client import FaceGateClient
 from service.domain import (
     CollectionKind,
     CollectionSpec,
@@ -21,8 +20,9 @@ from service.domain import (
     IdentifyRequest,
     VerifyRequest,
 )
-from service.grpc_errors import DeadlineExceeded, RemoteError, ServiceNotReady
-from service.grpc_server import create_server
+from service.transport.client import FaceGateClient
+from service.transport.server import create_server
+from service.transport.status import DeadlineExceeded, RemoteError, ServiceNotReady
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""service.convert: every API message has a converter, and domain values survive the trip
+"""service.transport.convert: every API message has a converter, and domain values survive the trip
 domain -> protobuf -> wire bytes -> protobuf -> domain unchanged."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from facegate.v1 import facegate_pb2 as pb
 
-from service import convert
 from service.domain import (
     Candidate,
     CollectionInfo,
@@ -34,6 +33,7 @@ from service.domain import (
     VerifyResult,
 )
 from service.errors import InvalidArgument
+from service.transport import convert
 
 BOX = FaceBox(left=10.5, top=20.25, right=110.0, bottom=130.75, score=0.987)
 QUALITY = FaceQuality(box=BOX, inter_eye_px=41.5, detection_score=0.987)

@@ -36,8 +36,8 @@ from PIL import Image, ImageOps
 from server_process import IDENTIFY_GRADE_ENROLMENT, ServerProcess
 
 from service import errors
-from service.client import FaceGateClient
 from service.domain import CollectionSpec, EnrollRequest, IdentifyRequest
+from service.transport.client import FaceGateClient
 
 pytestmark = pytest.mark.slow
 

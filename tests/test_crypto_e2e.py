@@ -25,10 +25,11 @@ from conftest import ROOT, SHARED_FACES, astronaut_rgb, grace_hopper_path
 from PIL import Image
 
 from service import errors
-from service.cli import main as cli_main
-from service.client import FaceGateClient
+from service.cli.main import main as cli_main
 from service.config import Settings, load_settings
-from service.data_keys import DataKey, Keyring, load_keyring
+from service.crypto.data_keys import DataKey, Keyring, load_keyring
+from service.crypto.snapshot_cipher import MAGIC as SEALED_MAGIC
+from service.crypto.template_crypto import TemplateCipher
 from service.domain import (
     CollectionSpec,
     Decision,
@@ -37,11 +38,10 @@ from service.domain import (
     IdentifyResult,
     VerifyRequest,
 )
-from service.grpc_server import FaceGateServer, create_server
-from service.snapshot_cipher import MAGIC as SEALED_MAGIC
-from service.store import Store
-from service.store_crypto import begin_transform_rotation, key_usage
-from service.template_crypto import TemplateCipher
+from service.store.sqlite import Store
+from service.store.sqlite_crypto import begin_transform_rotation, key_usage
+from service.transport.client import FaceGateClient
+from service.transport.server import FaceGateServer, create_server
 
 READY_TIMEOUT_S = 300.0
 STRICT = 0.94  # the two PyPI women score ~0.89 under the dlib ResNet (see test_engine_real)
@@ -188,7 +188,7 @@ def test_disk_holds_no_template_and_the_sealed_snapshot_restores(
     blob = disk_bytes(data_dir)
     assert not any(holds(blob, t) for t in templates.values())
 
-    caplog.set_level(logging.INFO, logger="service.gallery_restore")
+    caplog.set_level(logging.INFO, logger="service.vector_index.restore")
     server, client = start(settings_for(data_dir, packs_dir, snapshot_every_s=0))
     try:
         assert answers(identify_all(client, "shop", people)) == before
@@ -321,9 +321,9 @@ _ROTATE_SLOWLY = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from service import store_crypto
+    from service.store import sqlite_crypto as store_crypto
     from service.config import load_settings
-    from service.key_rotation import rotate_data_key
+    from service.maintenance.key_rotation import rotate_data_key
 
     store_crypto.BATCH = 1  # one row per transaction, so the kill lands between rows
 

@@ -1,4 +1,4 @@
-"""Every branch of the Identify decision rules (service.decisions)."""
+"""Every branch of the Identify decision rules (service.engine.decisions)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from index import SearchResult
-from service.decisions import (
+from service.domain import CollectionKind, Decision
+from service.engine.decisions import (
     PAY_THRESHOLD_OFFSET,
     Policy,
     decide,
@@ -18,7 +19,6 @@ from service.decisions import (
     hint_required_by_size,
     need_hint,
 )
-from service.domain import CollectionKind, Decision
 
 
 def result(*pairs: tuple[str, float]) -> SearchResult:

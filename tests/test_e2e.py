@@ -27,7 +27,6 @@ from conftest import ROOT, SHARED_FACES, astronaut_rgb, jpeg_bytes
 from PIL import Image
 
 from service import errors
-from service.client import FaceGateClient
 from service.config import Settings, load_settings
 from service.domain import (
     CollectionKind,
@@ -38,8 +37,9 @@ from service.domain import (
     QualityLimits,
     VerifyRequest,
 )
-from service.grpc_errors import RemoteError
-from service.grpc_server import FaceGateServer, create_server
+from service.transport.client import FaceGateClient
+from service.transport.server import FaceGateServer, create_server
+from service.transport.status import RemoteError
 
 pytest.importorskip(
     "service.app", reason="service.app.build_service (the real engine wiring) is not there yet"
@@ -451,7 +451,7 @@ def test_facegate_serve_prepares_the_pack_and_stops_on_sigterm(tmp_path: Path) -
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "service.cli.main",
             "serve",
             "--listen",
             f"127.0.0.1:{port}",

@@ -14,7 +14,7 @@ from fakes import FAKE_FACE, FAKE_THRESHOLD, FakeAnalyzer, face_png, no_face_png
 from index import IndexConfig
 from service.app import build_service
 from service.config import Settings
-from service.decisions import PAY_THRESHOLD_OFFSET
+from service.crypto.secrets_file import load_or_create_secret
 from service.domain import (
     CollectionKind,
     CollectionSpec,
@@ -25,7 +25,8 @@ from service.domain import (
     IdentifyResult,
     VerifyRequest,
 )
-from service.engine import FaceService
+from service.engine.decisions import PAY_THRESHOLD_OFFSET
+from service.engine.face_service import FaceService
 from service.errors import (
     CollectionExists,
     DuplicateFace,
@@ -38,9 +39,8 @@ from service.errors import (
     UnknownCollection,
     UnknownUser,
 )
-from service.gallery_restore import restore, snapshot_path
-from service.secrets_file import load_or_create_secret
-from service.store import Store
+from service.store.sqlite import Store
+from service.vector_index.restore import restore, snapshot_path
 
 ALICE, BOB, CAROL = 1, 2, 3
 STRANGER = 99

@@ -34,7 +34,7 @@ from service.domain import (
     QualityLimits,
     VerifyRequest,
 )
-from service.engine import FaceService
+from service.engine.face_service import FaceService
 from service.errors import DuplicateFace, NoFace, UnknownUser
 
 STRICT = 0.94

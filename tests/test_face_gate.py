@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pytest
 from fakes import FakeAnalyzer, face_png
 
+from service.access.principal import Principal, Role, acting_as
 from service.app import build_service
 from service.config import LivenessSettings, QualitySettings, Settings
 from service.domain import (
@@ -24,12 +25,11 @@ from service.domain import (
     QualityPolicy,
     VerifyRequest,
 )
-from service.engine import FaceService
+from service.engine.face_service import FaceService
 from service.errors import DuplicateFace, InvalidArgument, LivenessFailed, LowQuality
-from service.face_gate import kinds_requiring_liveness, liveness_required
+from service.pipeline.face_gate import kinds_requiring_liveness, liveness_required
 from service.pipeline.types import DecodedImage
-from service.principal import Principal, Role, acting_as
-from service.store import SCHEMA_VERSION, Store
+from service.store.sqlite import SCHEMA_VERSION, Store
 
 
 class RecordingLiveness:

@@ -40,10 +40,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from server_process import IDENTIFY_GRADE_ENROLMENT, ServerProcess
 
-from service import convert
 from service.domain import CollectionSpec
-from service.grpc_errors import DOMAIN, error_info
-from service.grpc_server import SERVICE_NAME
+from service.transport import convert
+from service.transport.server import SERVICE_NAME
+from service.transport.status import DOMAIN, error_info
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from service import errors
-from service.grpc_errors import (
+from service.transport.server import SERVICE_NAME, FaceGateServer, create_server
+from service.transport.status import (
     DeadlineExceeded,
     RemoteError,
     ServiceNotReady,
@@ -30,7 +31,6 @@ from service.grpc_errors import (
     error_info,
     reason_of,
 )
-from service.grpc_server import SERVICE_NAME, FaceGateServer, create_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -213,7 +213,7 @@ def test_unexpected_exception_is_internal_without_leaking(
     stub: pb_grpc.FaceGateStub, caplog: pytest.LogCaptureFixture
 ) -> None:
     _with_collection(stub)
-    with caplog.at_level(logging.ERROR, logger="service.grpc_server"):
+    with caplog.at_level(logging.ERROR, logger="service.transport.server"):
         err = _fails(stub.Identify, pb.IdentifyRequest(collection="shop", image=b"boom"))
     assert _code(err) == grpc.StatusCode.INTERNAL
     assert reason_of(err) == "INTERNAL"

@@ -11,14 +11,14 @@ import pytest
 from fakes import FAKE_DIM, FakeAnalyzer, expected_embedding, face_png
 from grpc_fakes import running_server
 
-from service import request_checks as checks
 from service.app import build_service
-from service.client import FaceGateClient
 from service.config import Settings
 from service.domain import CollectionSpec, Decision, IdentifyRequest, ImportTemplatesRequest
-from service.engine import FaceService
+from service.engine import request_checks as checks
+from service.engine.face_service import FaceService
 from service.errors import InvalidArgument, ModelMismatch, UnknownCollection, UserExists
-from service.grpc_errors import code_for
+from service.transport.client import FaceGateClient
+from service.transport.status import code_for
 
 ALICE = 1
 

@@ -15,7 +15,6 @@ from grpc_fakes import FakeFaceService, fake_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import build_served_service
-from service.client import FaceGateClient
 from service.config import MetricsSettings, Settings, load_settings
 from service.domain import (
     CollectionKind,
@@ -25,9 +24,10 @@ from service.domain import (
     IdentifyRequest,
 )
 from service.errors import FacegateError, InvalidArgument
-from service.grpc_server import FaceGateServer, create_server
-from service.metrics import ServiceMetrics, parse_listen
+from service.observability.metrics import ServiceMetrics, parse_listen
 from service.pipeline import timing
+from service.transport.client import FaceGateClient
+from service.transport.server import FaceGateServer, create_server
 
 READY_TIMEOUT_S = 300.0
 FG = "facegate.v1.FaceGate"
@@ -184,7 +184,7 @@ def test_a_taken_metrics_port_leaves_the_server_serving(caplog: pytest.LogCaptur
         taken.listen(1)
         busy = taken.getsockname()[1]
         settings = fake_settings(metrics=MetricsSettings(listen=f"127.0.0.1:{busy}"))
-        with caplog.at_level(logging.ERROR, logger="service.grpc_server"):
+        with caplog.at_level(logging.ERROR, logger="service.transport.server"):
             server, port = create_server(settings, service=FakeFaceService(), port=0)
         server.start()
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import cli_models
+from service.cli import models as cli_models
 from service.errors import ModelPackError
 from service.models.pack import (
     DEFAULT_PACK,

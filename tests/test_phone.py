@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from service.engine.phone import PhoneHasher, normalise_phone
 from service.errors import InvalidArgument
-from service.phone import PhoneHasher, normalise_phone
 
 SECRET = b"k" * 32
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from service.principal import LOCAL_ADMIN, Principal, Role, acting_as, current_principal
+from service.access.principal import LOCAL_ADMIN, Principal, Role, acting_as, current_principal
 
 
 def test_default_is_local_admin_and_binding_is_scoped() -> None:

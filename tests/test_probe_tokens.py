@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from service.domain import FaceBox
+from service.engine.probe_tokens import Probe, ProbeTokens
 from service.errors import ProbeTokenInvalid
-from service.probe_tokens import Probe, ProbeTokens
 
 BOX = FaceBox(1.0, 2.0, 3.0, 4.0, 0.9)
 

@@ -15,7 +15,6 @@ from conftest import SHARED_FACES, SHARED_MODELS, grace_hopper_path
 from PIL import Image, ImageFilter
 
 from service import errors
-from service.client import FaceGateClient
 from service.config import Settings, load_settings
 from service.domain import (
     CollectionKind,
@@ -27,7 +26,8 @@ from service.domain import (
     QualityPolicy,
     VerifyRequest,
 )
-from service.grpc_server import FaceGateServer, create_server
+from service.transport.client import FaceGateClient
+from service.transport.server import FaceGateServer, create_server
 
 READY_TIMEOUT_S = 300.0
 PAD_DIR = SHARED_MODELS / "pad"
@@ -124,7 +124,7 @@ def test_status_code_and_error_info_on_the_wire(plain: FaceGateClient) -> None:
     """The metadata is in the gRPC status itself (any client sees it, not only ours)."""
     from facegate.v1 import facegate_pb2 as pb
 
-    from service.grpc_errors import error_info
+    from service.transport.status import error_info
 
     plain.create_collection(CollectionSpec(name="wire"))
     channel = plain._channel  # the client's own channel, to call with a bare stub
@@ -212,7 +212,7 @@ def test_bad_limits_are_refused(plain: FaceGateClient) -> None:
 def test_negative_limit_on_the_wire_is_invalid_argument(plain: FaceGateClient) -> None:
     from facegate.v1 import facegate_pb2 as pb
 
-    from service.grpc_errors import error_info
+    from service.transport.status import error_info
 
     call = plain._channel.unary_unary(
         "/facegate.v1.FaceGate/CreateCollection",
@@ -265,7 +265,7 @@ def test_server_wide_quality_settings(tmp_path: Path, packs_dir: Path) -> None:
 def test_startup_warns_when_liveness_is_off(
     tmp_path: Path, packs_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="service.grpc_server"):
+    with caplog.at_level(logging.WARNING, logger="service.transport.server"):
         server, _ = create_server(_settings(tmp_path, packs_dir), port=0)
     server.stop(None).wait(30)
     warnings = [r for r in caplog.records if "LIVENESS IS OFF" in r.getMessage()]
@@ -273,7 +273,7 @@ def test_startup_warns_when_liveness_is_off(
 
     caplog.clear()
     pad = tmp_path / "pad"  # not loaded: create_server alone only reads the settings
-    with caplog.at_level(logging.WARNING, logger="service.grpc_server"):
+    with caplog.at_level(logging.WARNING, logger="service.transport.server"):
         server, _ = create_server(
             _settings(tmp_path, packs_dir, liveness={"model_dir": str(pad)}), port=0
         )

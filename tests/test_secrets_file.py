@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
+from service.crypto.secrets_file import SECRET_BYTES, load_or_create_secret, secret_path
 from service.errors import InvalidArgument
-from service.secrets_file import SECRET_BYTES, load_or_create_secret, secret_path
 
 
 def test_created_once_with_private_mode(tmp_path: Path) -> None:

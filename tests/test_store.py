@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.engine.phone import PhoneHasher
 from service.errors import CollectionExists, UnknownCollection, UnknownUser
-from service.phone import PhoneHasher
-from service.store import SCHEMA_VERSION, NewFace, Store, StoreVersionError
+from service.store.sqlite import SCHEMA_VERSION, NewFace, Store, StoreVersionError
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -241,7 +241,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from service.store import NewFace, Store
+    from service.store.sqlite import NewFace, Store
     s = Store(sys.argv[1])
     s.create_collection("c", kind="PAY", threshold=0.8, margin=0.05,
                         hint_required_above=0, model_id="m1")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from index import Gallery, SnapshotCorrupt
-from service import snapshot_cipher
-from service.data_keys import (
+from service.crypto import snapshot_cipher
+from service.crypto.data_keys import (
     DataKey,
     Keyring,
     create_key_file,
@@ -22,11 +22,11 @@ from service.data_keys import (
     parse_key,
     read_key_file,
 )
+from service.crypto.snapshot_cipher import PlaintextSnapshot, SnapshotCipher
+from service.crypto.template_crypto import TemplateCipher
 from service.errors import DataKeyError, TemplateUnreadable
-from service.snapshot_cipher import PlaintextSnapshot, SnapshotCipher
-from service.store import SCHEMA_VERSION, NewFace, Store
-from service.store_db import StoreInUse
-from service.template_crypto import TemplateCipher
+from service.store.sqlite import SCHEMA_VERSION, NewFace, Store
+from service.store.sqlite_db import StoreInUse
 
 DIM = 16
 

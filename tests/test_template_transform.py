@@ -13,15 +13,15 @@ from conftest import SHARED_FACES, astronaut_rgb, grace_hopper_path
 from PIL import Image
 
 from service.config import DecodeLimits
-from service.errors import FaceRejected
-from service.face_selection import select_face
-from service.pipeline.decode import decode_image
-from service.template_transform import (
+from service.crypto.template_transform import (
     OrthogonalTransform,
     collection_secret,
     gaussian,
     orthogonal_matrix,
 )
+from service.errors import FaceRejected
+from service.pipeline.decode import decode_image
+from service.pipeline.face_selection import select_face
 
 
 def test_matrix_is_orthogonal_deterministic_and_keyed() -> None:

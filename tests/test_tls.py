@@ -13,14 +13,14 @@ import pytest
 from grpc_fakes import FakeFaceService, fake_settings, running_server
 from tls_certs import CertificateAuthority, Issued
 
-from service.auth_keys import add_key
-from service.client import FaceGateClient
+from service.access.api_keys import add_key
 from service.config import AuthSettings, TlsSettings, load_settings
 from service.domain import CollectionSpec
 from service.errors import ApiKeyMissing, InvalidArgument
-from service.grpc_errors import RemoteError
-from service.grpc_server import create_server
-from service.tls import ClientTls, server_credentials
+from service.transport.client import FaceGateClient
+from service.transport.server import create_server
+from service.transport.status import RemoteError
+from service.transport.tls import ClientTls, server_credentials
 
 CALL_TIMEOUT_S = 10.0
 
@@ -165,7 +165,7 @@ def test_non_loopback_tls_with_keys_starts_without_the_plaintext_warning(
     settings = fake_settings(
         listen="0.0.0.0:0", tls=_tls(pki, mtls=True), auth=AuthSettings(keys_file=keys)
     )
-    caplog.set_level(logging.INFO, logger="service.auth")
+    caplog.set_level(logging.INFO, logger="service.transport.auth")
     server, port = create_server(settings, service=FakeFaceService(), port=0)
     server.stop(None).wait(10)
     assert port > 0 and "API keys required: 1 key(s)" in caplog.text

@@ -1,6 +1,6 @@
 """A model pack's calibration: thresholds for target false-match rates, measured on labelled faces.
 
-Semantics (the ones ``service.decisions`` applies: a score *at or above* the threshold is a
+Semantics (the ones ``service.engine.decisions`` applies: a score *at or above* the threshold is a
 match). For a target false-match rate (FMR) ``f`` and ``n`` impostor scores, at most
 ``k = floor(f · n)`` impostors may reach the threshold; the threshold is the smallest value
 on a grid of ``resolution`` (1e-4) that lets at most ``k`` through, i.e. the first grid

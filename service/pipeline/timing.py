@@ -2,7 +2,8 @@
 
 Any stage is timed by one line, ``with timer.stage(DETECT): ...``; micro-batched runs also
 report their batch size. The default ``NO_TIMING`` does nothing, so the pipeline carries no
-metrics dependency; ``service.metrics`` implements the protocol with Prometheus histograms.
+metrics dependency; ``service.observability.metrics`` implements the protocol with
+Prometheus histograms.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Who may call what: API keys (the keys file) and the principal of the current call."""

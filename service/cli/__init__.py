@@ -1,0 +1,1 @@
+"""The ``facegate`` command: ``main`` builds the parser; one module per command group."""

@@ -1,0 +1,1 @@
+"""Audit log, the audited engine wrapper, Prometheus metrics."""
