@@ -15,7 +15,7 @@ from index.errors import (
 )
 from index.gallery import Gallery
 from index.results import SearchResult
-from index.snapshot import SnapshotCodec, read_snapshot, write_snapshot
+from index.snapshot import SnapshotCodec, SnapshotData
 
 __all__ = [
     "DimensionMismatch",
@@ -28,8 +28,7 @@ __all__ = [
     "SearchResult",
     "SnapshotCodec",
     "SnapshotCorrupt",
+    "SnapshotData",
     "UnknownId",
-    "read_snapshot",
     "recommended_kind",
-    "write_snapshot",
 ]

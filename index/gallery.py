@@ -23,11 +23,11 @@ import numpy as np
 
 from index.accelerator import Accelerator
 from index.config import IndexConfig, IndexKind
-from index.errors import DuplicateId, InvalidVectors, UnknownId
+from index.errors import DuplicateId, InvalidVectors, SnapshotCorrupt, UnknownId
 from index.results import SMALL_CANDIDATES, SearchResult, best_per_uid, best_per_uid_small
 from index.rwlock import RWLock
 from index.slots import SlotTable
-from index.snapshot import SnapshotCodec, read_snapshot, write_snapshot
+from index.snapshot import SnapshotCodec, SnapshotData, read_data, write_data
 from index.threads import configure_faiss, omp_threads
 from index.validation import (
     F32Array,
@@ -109,12 +109,7 @@ class Gallery:
             self._row_uid[start:end] = codes
             self._row_slot[start:end] = -1
             for i, (f, code, p) in enumerate(zip(ids.tolist(), codes.tolist(), parts, strict=True)):
-                self._face_row[f] = start + i
-                self._track_uid_size(code, +1)
-                self._uid_faces[code].add(f)
-                if p is not None:
-                    self._face_part[f] = p
-                    self._part_faces.setdefault(p, {})[f] = None
+                self._place(f, start + i, code, p)
             self._n = end
             if self._accel is not None:
                 self._accel_append(start, end)
@@ -268,14 +263,90 @@ class Gallery:
     ) -> None:
         """Write an atomic, checksummed snapshot that includes store `sequence`
         (its bytes wrapped by `codec`, e.g. encrypted, when given)."""
-        write_snapshot(Path(path), self, sequence, codec)
+        if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
+            raise InvalidVectors(f"sequence must be a non-negative int, got {sequence!r}")
+        write_data(Path(path), self.export(sequence), codec)
 
     @classmethod
     def load(
         cls, path: Path | str, *, codec: SnapshotCodec | None = None
     ) -> tuple[Gallery, int]:
         """Load a snapshot; returns (gallery, sequence). Raises SnapshotCorrupt."""
-        return read_snapshot(Path(path), codec)
+        data = read_data(Path(path), codec)
+        try:
+            gallery = cls.from_data(data)
+        except SnapshotCorrupt:
+            raise
+        except Exception as exc:
+            raise SnapshotCorrupt(f"{path}: cannot rebuild gallery: {exc}") from exc
+        return gallery, data.sequence
+
+    def export(self, sequence: int) -> SnapshotData:
+        """A consistent copy of the state for a snapshot, recording store `sequence` (taken
+        under the read lock, so writers wait only for the copy, not for the disk)."""
+        with self._lock.read():
+            n = self._n
+            live_codes, uid_codes = np.unique(self._row_uid[:n], return_inverse=True)
+            part_names = sorted(self._part_faces)
+            part_index = {p: i for i, p in enumerate(part_names)}
+            face_part = self._face_part
+            part_codes = np.fromiter(
+                (part_index[face_part[f]] if f in face_part else -1
+                 for f in self._row_face[:n].tolist()),
+                dtype=np.int64, count=n,
+            )
+            accel = self._accel
+            return SnapshotData(
+                dim=self.dim,
+                sequence=sequence,
+                config=self.config,
+                vectors=self._vecs[:n].copy(),
+                face_ids=self._row_face[:n].copy(),
+                uid_codes=uid_codes.astype(np.int64).reshape(n),
+                uids=[self._uid_name[c] for c in live_codes.tolist()],
+                part_codes=part_codes,
+                partitions=part_names,
+                row_slot=self._row_slot[:n].copy(),
+                accel_blob=None if accel is None else accel.serialize(),
+                accel_trained_size=0 if accel is None else accel.trained_size,
+            )
+
+    @classmethod
+    def from_data(cls, data: SnapshotData) -> Gallery:
+        """A gallery rebuilt from verified snapshot arrays (``index.snapshot.read_data``)."""
+        g = cls(data.dim, data.config)
+        n = data.face_ids.shape[0]
+        if n == 0:
+            return g
+        parts: list[str | None] = [
+            None if c < 0 else data.partitions[c] for c in data.part_codes.tolist()
+        ]
+        uids = [data.uids[c] for c in data.uid_codes.tolist()]
+        g._ensure_capacity(n)
+        g._vecs[:n] = data.vectors
+        g._row_face[:n] = data.face_ids
+        g._row_slot[:n] = -1
+        codes = np.fromiter((g._intern_uid(u) for u in uids), dtype=np.int64, count=n)
+        g._row_uid[:n] = codes
+        for row, (f, code, p) in enumerate(
+            zip(data.face_ids.tolist(), codes.tolist(), parts, strict=True)
+        ):
+            g._place(f, row, code, p)
+        g._n = n
+        if data.accel_blob is not None and g.config.kind is not IndexKind.FLAT:
+            accel = Accelerator.deserialize(g.config.kind, data.accel_blob,
+                                            data.accel_trained_size)
+            slots = data.row_slot
+            total = accel.ntotal
+            live = slots >= 0
+            if slots.max() >= total or np.unique(slots[live]).shape[0] != int(live.sum()):
+                raise SnapshotCorrupt("accelerator slots out of range or duplicated")
+            accel.set_live(slots[live])
+            g._accel = accel
+            g._row_slot[:n] = slots
+            g._slots.restore(total, slots, g._row_uid[:n], g._row_face[:n])
+        g._maybe_rebuild()
+        return g
 
     # --------------------------------------------------------------- internals
 
@@ -440,6 +511,15 @@ class Gallery:
             self._uid_code[uid] = code
             self._uid_faces[code] = set()
         return code
+
+    def _place(self, face: int, row: int, code: int, partition: str | None) -> None:
+        """Book face `face` at `row` under uid code `code` (its vector is already there)."""
+        self._face_row[face] = row
+        self._track_uid_size(code, +1)
+        self._uid_faces[code].add(face)
+        if partition is not None:
+            self._face_part[face] = partition
+            self._part_faces.setdefault(partition, {})[face] = None
 
     def _track_uid_size(self, code: int, delta: int) -> None:
         old = len(self._uid_faces[code])

@@ -32,16 +32,13 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from index.config import IndexConfig
-from index.errors import InvalidVectors, SnapshotCorrupt
-
-if TYPE_CHECKING:
-    from index.gallery import Gallery
+from index.errors import SnapshotCorrupt
 
 MAGIC = b"FGGAL\0v1"
 END_MAGIC = b"FGGALEND"
@@ -285,33 +282,6 @@ def read_data(path: Path, codec: SnapshotCodec | None = None) -> SnapshotData:
     return decode(buf, str(path))
 
 
-def write_snapshot(
-    path: Path | str, gallery: Gallery, sequence: int, codec: SnapshotCodec | None = None
-) -> None:
-    """Snapshot `gallery` to `path`, recording store `sequence` (>= 0)."""
-    if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
-        raise InvalidVectors(f"sequence must be a non-negative int, got {sequence!r}")
-    from index.persist import export_gallery
-
-    write_data(Path(path), export_gallery(gallery, sequence), codec)
-
-
-def read_snapshot(
-    path: Path | str, codec: SnapshotCodec | None = None
-) -> tuple[Gallery, int]:
-    """Load a snapshot written by write_snapshot (with the same codec): (gallery, sequence)."""
-    from index.persist import gallery_from_data
-
-    data = read_data(Path(path), codec)
-    try:
-        gallery = gallery_from_data(data)
-    except SnapshotCorrupt:
-        raise
-    except Exception as exc:
-        raise SnapshotCorrupt(f"{path}: cannot rebuild gallery: {exc}") from exc
-    return gallery, data.sequence
-
-
 __all__ = [
     "ByteSink",
     "SealedWriter",
@@ -320,7 +290,5 @@ __all__ = [
     "decode",
     "encode",
     "read_data",
-    "read_snapshot",
     "write_data",
-    "write_snapshot",
 ]

@@ -16,8 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from index import Gallery, IndexConfig, IndexKind, SnapshotCorrupt, read_snapshot, write_snapshot
-from index.persist import export_gallery
+from index import Gallery, IndexConfig, IndexKind, SnapshotCorrupt
 from index.snapshot import decode, encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +68,8 @@ def test_round_trip(tmp_path: Path, kind: IndexKind) -> None:
 
 def test_empty_gallery_round_trip_and_functions(tmp_path: Path) -> None:
     path = tmp_path / "empty.snap"
-    write_snapshot(path, Gallery(8), 0)
-    g, seq = read_snapshot(path)
+    Gallery(8).snapshot(path, 0)
+    g, seq = Gallery.load(path)
     assert seq == 0 and g.count() == 0 and g.dim == 8
     with pytest.raises(ValueError):
         Gallery(8).snapshot(path, -1)
@@ -126,13 +125,13 @@ def test_every_flipped_byte_region_is_detected(tmp_path: Path, image: bytes) -> 
 
 
 def test_inconsistent_content_with_valid_checksum_is_rejected() -> None:
-    data = export_gallery(filled(), 5)
+    data = filled().export(5)
     data.uid_codes[0] = len(data.uids) + 3
     buf = io.BytesIO()
     encode(data, buf)
     with pytest.raises(SnapshotCorrupt, match="uid codes"):
         decode(buf.getvalue())
-    data = export_gallery(filled(), 5)
+    data = filled().export(5)
     data.face_ids[1] = data.face_ids[0]
     buf = io.BytesIO()
     encode(data, buf)
