@@ -19,7 +19,7 @@ from service.observability.metrics import ServiceMetrics
 from service.pipeline.analyzer import FaceAnalyzer
 from service.pipeline.face_gate import LivenessCheck
 from service.pipeline.timing import NO_TIMING, StageTimer
-from service.store.sqlite import Store
+from service.store.sqlite import SqliteStore
 from service.vector_index.restore import remove_orphan_snapshots, restore
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def build_service(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(settings)
     keyring = load_keyring(settings)
-    store = Store(settings.store_path, cipher=TemplateCipher(keyring))
+    store = SqliteStore(settings.store_path, cipher=TemplateCipher(keyring))
     log.info("templates and snapshots are sealed with AES-256-GCM: %s", keyring.describe())
     try:
         config = IndexConfig()

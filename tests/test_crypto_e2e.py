@@ -38,8 +38,7 @@ from service.domain import (
     IdentifyResult,
     VerifyRequest,
 )
-from service.store.sqlite import Store
-from service.store.sqlite_crypto import begin_transform_rotation, key_usage
+from service.store.sqlite import SqliteStore
 from service.transport.client import FaceGateClient
 from service.transport.server import FaceGateServer, create_server
 
@@ -124,7 +123,7 @@ def answers(results: dict[str, IdentifyResult]) -> dict[str, Any]:
 
 def stored_templates(settings: Settings, collection: str) -> dict[str, np.ndarray]:
     """What a thief holding the database *and* its key would get: uid -> template."""
-    store = Store(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
+    store = SqliteStore(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
     try:
         row = store.get_collection(collection)
         return {
@@ -367,9 +366,9 @@ def test_rotation_killed_midway_resumes_and_keeps_every_answer(
     proc.stderr.close()
     assert first.strip() == "1", err
 
-    store = Store(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
+    store = SqliteStore(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
     try:
-        usage = key_usage(store)
+        usage = store.crypto.key_usage()
     finally:
         store.close()
     assert len(usage) == 2 and sum(usage.values()) == len(people), usage  # half and half
@@ -384,9 +383,9 @@ def test_rotation_killed_midway_resumes_and_keeps_every_answer(
     assert not (data_dir / "template.key.next").exists()
     assert (data_dir / "template.key").read_bytes() != old_key
     rotated = settings_for(data_dir, packs_dir, snapshot_every_s=0)
-    store = Store(rotated.store_path, cipher=TemplateCipher(load_keyring(rotated)))
+    store = SqliteStore(rotated.store_path, cipher=TemplateCipher(load_keyring(rotated)))
     try:
-        assert list(key_usage(store)) == [load_keyring(rotated).primary.key_id]
+        assert list(store.crypto.key_usage()) == [load_keyring(rotated).primary.key_id]
     finally:
         store.close()
     server, client = start(rotated)
@@ -397,7 +396,7 @@ def test_rotation_killed_midway_resumes_and_keeps_every_answer(
     assert (settings.snapshot_dir / "collection-1.snap").read_bytes().startswith(SEALED_MAGIC)
     # The old key opens nothing any more.
     with pytest.raises(errors.DataKeyError):
-        Store(
+        SqliteStore(
             settings.store_path,
             cipher=TemplateCipher(Keyring(DataKey(old_key, "old"))),
         )
@@ -425,7 +424,7 @@ def test_rotation_to_a_configured_key_file(
     assert cli_main(argv) == 1  # the new key must be named
     assert cli_main([*argv, "--new-key-file", str(k2)]) == 0
     with pytest.raises(errors.DataKeyError, match="not configured"):
-        Store(first.store_path, cipher=TemplateCipher(load_keyring(first)))
+        SqliteStore(first.store_path, cipher=TemplateCipher(load_keyring(first)))
     second = settings_for(data_dir, packs_dir, snapshot_every_s=0, crypto={"key_file": k2})
     server, client = start(second)
     try:
@@ -515,9 +514,10 @@ def test_revocable_collections_keep_scores_and_make_leaked_templates_useless(
     for uid in people:
         assert abs(float(reissued[uid] @ leak_a[uid])) < 0.5
     # ... and a re-issue killed right after it began is finished by the next start.
-    store = Store(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
+    store = SqliteStore(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
     try:
-        assert begin_transform_rotation(store, "rev_a").transform_gen == 3
+        row = store.crypto.begin_transform_rotation(store.get_collection("rev_a"))
+        assert row.transform_gen == 3
     finally:
         store.close()
     server, client = start(settings)

@@ -39,7 +39,7 @@ from service.errors import (
     UnknownCollection,
     UnknownUser,
 )
-from service.store.sqlite import Store
+from service.store.sqlite import SqliteStore
 from service.vector_index.restore import restore, snapshot_path
 
 ALICE, BOB, CAROL = 1, 2, 3
@@ -186,7 +186,7 @@ def test_restart_with_a_corrupt_snapshot_rebuilds_from_the_store(settings: Setti
     enroll(svc, "alice", ALICE)
     svc.snapshot_all()
     svc.close()
-    store = Store(settings.store_path)
+    store = SqliteStore(settings.store_path)
     path = snapshot_path(settings.snapshot_dir, store.get_collection("shop"))
     store.close()
     assert path.exists()
@@ -204,7 +204,7 @@ def test_snapshot_prunes_the_change_log_and_deleted_collections_lose_snapshots(
     svc.create_collection(CollectionSpec("shop"))
     enroll(svc, "alice", ALICE)
     svc.snapshot_all()
-    store = Store(settings.store_path)
+    store = SqliteStore(settings.store_path)
     try:
         row = store.get_collection("shop")
         assert store.changes_since(row.id, 0).added == ()
@@ -297,7 +297,7 @@ def test_phone_change_moves_the_user_to_the_new_bucket(svc: FaceService) -> None
 
 def test_probe_token_rules(settings: Settings) -> None:
     now = [1000.0]
-    store = Store(settings.store_path)
+    store = SqliteStore(settings.store_path)
     svc = FaceService(
         settings,
         FakeAnalyzer(),
@@ -570,7 +570,7 @@ def test_replay_tolerates_a_snapshot_ahead_of_its_sequence(settings: Settings) -
     enroll(svc, "alice", ALICE, phone="5550001234")
     enroll(svc, "bob", BOB)
     svc.close()
-    store = Store(settings.store_path)
+    store = SqliteStore(settings.store_path)
     try:
         row = store.get_collection("shop")
         early = store.sequence()

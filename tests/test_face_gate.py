@@ -29,7 +29,7 @@ from service.engine.face_service import FaceService
 from service.errors import DuplicateFace, InvalidArgument, LivenessFailed, LowQuality
 from service.pipeline.face_gate import kinds_requiring_liveness, liveness_required
 from service.pipeline.types import DecodedImage
-from service.store.sqlite import SCHEMA_VERSION, Store
+from service.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 
 class RecordingLiveness:
@@ -62,7 +62,7 @@ class RecordingLiveness:
 def _engine(settings: Settings, liveness: RecordingLiveness | None) -> FaceService:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return FaceService(
-        settings, FakeAnalyzer(), Store(settings.store_path), {}, b"k" * 32, liveness=liveness
+        settings, FakeAnalyzer(), SqliteStore(settings.store_path), {}, b"k" * 32, liveness=liveness
     )
 
 
@@ -235,11 +235,11 @@ def v1_store(settings: Settings) -> Iterator[Path]:
 def test_a_version_1_store_opens_and_gets_the_new_columns(
     settings: Settings, v1_store: Path
 ) -> None:
-    store = Store(v1_store)
+    store = SqliteStore(v1_store)
     try:
         (row,) = store.list_collections()
         assert row.name == "old-pay" and row.enroll_quality == {} and row.require_liveness is None
-        assert store._db.one("PRAGMA user_version") == (SCHEMA_VERSION,)
+        assert store.schema_version() == SCHEMA_VERSION
     finally:
         store.close()
     svc = build_service(settings, analyzer=FakeAnalyzer())
@@ -256,7 +256,7 @@ def test_a_version_1_store_opens_and_gets_the_new_columns(
 def test_a_version_2_store_opens_and_gets_the_new_columns(settings: Settings) -> None:
     """Schema 2 (templates sealed at rest, before per-collection limits) is schema 3 without
     the three policy columns: make one by dropping them from a fresh store."""
-    first = Store(settings.store_path)
+    first = SqliteStore(settings.store_path)
     first.create_collection(
         "pay", kind="PAY", threshold=0.9, margin=0.02, hint_required_above=0, model_id="fake-v1"
     )

@@ -16,7 +16,7 @@ import pytest
 
 from service.engine.phone import PhoneHasher
 from service.errors import CollectionExists, UnknownCollection, UnknownUser
-from service.store.sqlite import SCHEMA_VERSION, NewFace, Store, StoreVersionError
+from service.store.sqlite import SCHEMA_VERSION, NewFace, SqliteStore, StoreVersionError
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -33,19 +33,19 @@ def face(seed: int) -> NewFace:
 
 @pytest.fixture
 def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = Store(tmp_path / "db.sqlite3")
+    s = SqliteStore(tmp_path / "db.sqlite3")
     yield s
     s.close()
 
 
-def make_coll(store: Store, name: str = "c") -> int:
+def make_coll(store: SqliteStore, name: str = "c") -> int:
     row = store.create_collection(
         name, kind="PAY", threshold=0.8, margin=0.05, hint_required_above=10, model_id="m1"
     )
     return row.id
 
 
-def test_pragmas_and_schema_version(store: Store) -> None:
+def test_pragmas_and_schema_version(store: SqliteStore) -> None:
     db = sqlite3.connect(store.path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -63,17 +63,17 @@ def test_newer_schema_and_foreign_databases_are_refused(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(StoreVersionError, match="schema version"):
-        Store(newer)
+        SqliteStore(newer)
     foreign = tmp_path / "foreign.db"
     db = sqlite3.connect(foreign)
     db.execute("CREATE TABLE t (x)")
     db.commit()
     db.close()
     with pytest.raises(StoreVersionError, match="not a facegate store"):
-        Store(foreign)
+        SqliteStore(foreign)
 
 
-def test_collections_crud(store: Store) -> None:
+def test_collections_crud(store: SqliteStore) -> None:
     cid = make_coll(store, "a")
     make_coll(store, "b")
     row = store.get_collection("a")
@@ -103,7 +103,7 @@ def test_collections_crud(store: Store) -> None:
     assert store.changes_since(cid, 0).added == ()
 
 
-def test_enroll_round_trip_and_change_log(store: Store) -> None:
+def test_enroll_round_trip_and_change_log(store: SqliteStore) -> None:
     cid = make_coll(store)
     seq0 = store.sequence()
     out = store.enroll(
@@ -134,7 +134,7 @@ def test_enroll_round_trip_and_change_log(store: Store) -> None:
     assert user.updated_at >= user.created_at
 
 
-def test_phone_change_moves_faces_to_new_ids(store: Store) -> None:
+def test_phone_change_moves_faces_to_new_ids(store: SqliteStore) -> None:
     cid = make_coll(store)
     first = store.enroll(
         "c", "u", [face(1), face(2)], model_id="m1", metadata=None, phone=("h1", "b1")
@@ -154,7 +154,7 @@ def test_phone_change_moves_faces_to_new_ids(store: Store) -> None:
     assert same.added == () and same.removed_face_ids == ()
 
 
-def test_delete_user(store: Store) -> None:
+def test_delete_user(store: SqliteStore) -> None:
     cid = make_coll(store)
     out = store.enroll("c", "u", [face(1), face(2)], model_id="m1", metadata=None, phone=None)
     seq = store.sequence()
@@ -167,12 +167,12 @@ def test_delete_user(store: Store) -> None:
         store.delete_user("nope", "u")
 
 
-def test_unknown_collection_on_enroll(store: Store) -> None:
+def test_unknown_collection_on_enroll(store: SqliteStore) -> None:
     with pytest.raises(UnknownCollection):
         store.enroll("nope", "u", [face(1)], model_id="m1", metadata=None, phone=None)
 
 
-def test_list_users_pages_in_uid_order(store: Store) -> None:
+def test_list_users_pages_in_uid_order(store: SqliteStore) -> None:
     make_coll(store)
     for uid in ["d", "a", "c", "b", "e"]:
         store.enroll("c", uid, [face(ord(uid))], model_id="m1", metadata=None, phone=None)
@@ -182,7 +182,7 @@ def test_list_users_pages_in_uid_order(store: Store) -> None:
     assert [u.uid for u in page1 + page2 + page3] == ["a", "b", "c", "d", "e"]
 
 
-def test_iter_faces_faces_by_id_and_prune(store: Store) -> None:
+def test_iter_faces_faces_by_id_and_prune(store: SqliteStore) -> None:
     cid = make_coll(store)
     ids: list[int] = []
     for i in range(7):
@@ -203,7 +203,7 @@ def test_iter_faces_faces_by_id_and_prune(store: Store) -> None:
 
 
 def test_phone_numbers_are_not_in_the_database_file(tmp_path: Path) -> None:
-    s = Store(tmp_path / "db.sqlite3")
+    s = SqliteStore(tmp_path / "db.sqlite3")
     hasher = PhoneHasher(b"s" * 32)
     number = "+44 20 7946 0958"
     make_coll(s)
@@ -224,11 +224,11 @@ def test_phone_numbers_are_not_in_the_database_file(tmp_path: Path) -> None:
 
 def test_acknowledged_writes_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
-    s = Store(path)
+    s = SqliteStore(path)
     make_coll(s)
     out = s.enroll("c", "u", [face(1)], model_id="m1", metadata={"a": "b"}, phone=None)
     s.close()
-    s2 = Store(path)
+    s2 = SqliteStore(path)
     try:
         [f] = s2.user_faces("c", "u")
         assert f.face_id == out.new_face_ids[0]
@@ -241,8 +241,8 @@ _WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from service.store.sqlite import NewFace, Store
-    s = Store(sys.argv[1])
+    from service.store.sqlite import NewFace, SqliteStore
+    s = SqliteStore(sys.argv[1])
     s.create_collection("c", kind="PAY", threshold=0.8, margin=0.05,
                         hint_required_above=0, model_id="m1")
     i = 0
@@ -288,7 +288,7 @@ def test_every_acknowledged_enrolment_survives_sigkill(tmp_path: Path) -> None:
         proc.stdout.close()
         proc.stderr.close()
     assert len(acked) >= 40, err
-    s = Store(path)
+    s = SqliteStore(path)
     try:
         for uid, face_id in acked:
             faces = s.user_faces("c", uid)
@@ -298,7 +298,7 @@ def test_every_acknowledged_enrolment_survives_sigkill(tmp_path: Path) -> None:
         s.close()
 
 
-def test_concurrent_writers_and_readers(store: Store) -> None:
+def test_concurrent_writers_and_readers(store: SqliteStore) -> None:
     make_coll(store)
     errors: list[BaseException] = []
     ids: list[int] = []

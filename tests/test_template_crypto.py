@@ -25,7 +25,7 @@ from service.crypto.data_keys import (
 from service.crypto.snapshot_cipher import PlaintextSnapshot, SnapshotCipher
 from service.crypto.template_crypto import TemplateCipher
 from service.errors import DataKeyError, TemplateUnreadable
-from service.store.sqlite import SCHEMA_VERSION, NewFace, Store
+from service.store.sqlite import SCHEMA_VERSION, NewFace, SqliteStore
 from service.store.sqlite_db import StoreInUse
 
 DIM = 16
@@ -45,11 +45,11 @@ def key(byte: int) -> DataKey:
     return DataKey(bytes([byte]) * 32, f"test key {byte}")
 
 
-def open_store(path: Path, *keys: DataKey) -> Store:
-    return Store(path, cipher=TemplateCipher(Keyring(keys[0], keys[1:])))
+def open_store(path: Path, *keys: DataKey) -> SqliteStore:
+    return SqliteStore(path, cipher=TemplateCipher(Keyring(keys[0], keys[1:])))
 
 
-def enrol_three(store: Store) -> list[int]:
+def enrol_three(store: SqliteStore) -> list[int]:
     store.create_collection(
         "c", kind="PAY", threshold=0.8, margin=0.05, hint_required_above=0, model_id="m1"
     )
@@ -87,7 +87,7 @@ def test_rows_on_disk_hold_no_template_and_read_back_exactly(tmp_path: Path) -> 
 
 
 def test_default_store_key_is_created_beside_the_database_with_mode_0600(tmp_path: Path) -> None:
-    s = Store(tmp_path / "db.sqlite3")
+    s = SqliteStore(tmp_path / "db.sqlite3")
     s.close()
     path = tmp_path / "template.key"
     assert path.stat().st_mode & 0o777 == 0o600
@@ -191,10 +191,10 @@ def test_exclusive_open_refuses_while_the_store_is_open_elsewhere(tmp_path: Path
     s = open_store(path, key(1))
     try:
         with pytest.raises(StoreInUse):
-            Store(path, cipher=s.cipher, exclusive=True)
+            SqliteStore(path, cipher=s.cipher, exclusive=True)
     finally:
         s.close()
-    Store(path, cipher=TemplateCipher(Keyring(key(1))), exclusive=True).close()
+    SqliteStore(path, cipher=TemplateCipher(Keyring(key(1))), exclusive=True).close()
 
 
 # ----------------------------------------------------------------- schema 1 migration

@@ -34,8 +34,8 @@ from service.observability.audit import (
     ROTATE_TRANSFORM,
     record_local_action,
 )
-from service.store.sqlite import Store
-from service.store.sqlite_crypto import ROTATION_TARGET, key_usage, state
+from service.store.sqlite import SqliteStore
+from service.store.sqlite_crypto import ROTATION_TARGET
 from service.store.sqlite_db import StoreInUse
 
 
@@ -99,12 +99,12 @@ def run_status(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
         keyring = load_keyring(settings)
-        store = Store(settings.store_path, cipher=TemplateCipher(keyring))
+        store = SqliteStore(settings.store_path, cipher=TemplateCipher(keyring))
     except (FacegateError, StoreInUse, OSError) as exc:
         return _fail(exc)
     try:
-        usage = key_usage(store)
-        rotating = state(store, ROTATION_TARGET)
+        usage = store.crypto.key_usage()
+        rotating = store.crypto.state(ROTATION_TARGET)
         collections = {r.name: r.transform_gen for r in store.list_collections()}
     finally:
         store.close()
@@ -200,7 +200,7 @@ def run_rotate_key(args: argparse.Namespace) -> int:
 def run_rotate_transform(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
-        store = Store(
+        store = SqliteStore(
             settings.store_path, cipher=TemplateCipher(load_keyring(settings)), exclusive=True
         )
     except (FacegateError, StoreInUse, OSError) as exc:

@@ -93,8 +93,7 @@ from service.pipeline.face_gate import (
 from service.pipeline.timing import DECODE, NO_TIMING, StageTimer
 from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
 from service.store.rows import ImportedUser
-from service.store.sqlite import CollectionRow, Store, UserRow
-from service.store.sqlite_crypto import transform_salts
+from service.store.sqlite import CollectionRow, SqliteStore, UserRow
 from service.vector_index.restore import (
     add_rows,
     remove_orphan_snapshots,
@@ -130,7 +129,7 @@ class FaceService:
         self,
         settings: Settings,
         analyzer: FaceAnalyzer,
-        store: Store,
+        store: SqliteStore,
         galleries: Mapping[str, Gallery],
         secret: bytes,
         *,
@@ -220,7 +219,7 @@ class FaceService:
             if self._master is None:
                 self._master = transform_master_key(self._settings)
             master = self._master
-        salts = transform_salts(self._store, row.id)
+        salts = self._store.transform_salts(row.id)
         return OrthogonalTransform.derive(
             master, row.id, row.transform_gen, salts[row.transform_gen], self._dim
         )

@@ -38,14 +38,8 @@ from service.crypto.data_keys import (
 from service.crypto.secrets_file import fsync_dir
 from service.crypto.template_crypto import TemplateCipher
 from service.errors import DataKeyError
-from service.store.sqlite import Store
-from service.store.sqlite_crypto import (
-    ROTATION_SOURCE,
-    ROTATION_TARGET,
-    models_in,
-    reseal_all,
-    set_state,
-)
+from service.store.sqlite import SqliteStore
+from service.store.sqlite_crypto import ROTATION_SOURCE, ROTATION_TARGET
 from service.vector_index.restore import remove_orphan_snapshots, snapshot_codec, snapshot_path
 
 log = logging.getLogger(__name__)
@@ -92,20 +86,20 @@ def rotate_data_key(
         new = read_key_file(new_key_file)
     ring = Keyring(new, old.all_keys())
     result = RotationResult(new.key_id, new.source)
-    store = Store(settings.store_path, cipher=TemplateCipher(ring), exclusive=True)
+    store = SqliteStore(settings.store_path, cipher=TemplateCipher(ring), exclusive=True)
     try:
-        set_state(store, ROTATION_TARGET, new.key_id)
-        set_state(store, ROTATION_SOURCE, str(Path(new.source).resolve()))
-        report = reseal_all(store, progress=progress)
+        store.crypto.set_state(ROTATION_TARGET, new.key_id)
+        store.crypto.set_state(ROTATION_SOURCE, str(Path(new.source).resolve()))
+        report = store.crypto.reseal_all(progress=progress)
         result.resealed, result.unreadable = report.resealed, report.unreadable
         result.snapshots_resealed, result.snapshots_dropped = reseal_snapshots(
             store, ring, settings.snapshot_dir
         )
         if result.unreadable:
             return result  # the old key is still needed for nothing but these; keep state
-        store._db.rewrite_file()
-        set_state(store, ROTATION_TARGET, None)
-        set_state(store, ROTATION_SOURCE, None)
+        store.compact()
+        store.crypto.set_state(ROTATION_TARGET, None)
+        store.crypto.set_state(ROTATION_SOURCE, None)
         result.finished = True
     finally:
         store.close()
@@ -116,7 +110,7 @@ def rotate_data_key(
     return result
 
 
-def reseal_snapshots(store: Store, ring: Keyring, snapshot_dir: Path) -> tuple[int, int]:
+def reseal_snapshots(store: SqliteStore, ring: Keyring, snapshot_dir: Path) -> tuple[int, int]:
     """Re-seal each live collection's snapshot under the primary key; (resealed, dropped)."""
     if not snapshot_dir.is_dir():
         return 0, 0
@@ -149,11 +143,11 @@ class VerifyResult:
 
 def verify_templates(settings: Settings) -> VerifyResult:
     """Open every stored template with the configured keys; list the ones that fail."""
-    store = Store(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
+    store = SqliteStore(settings.store_path, cipher=TemplateCipher(load_keyring(settings)))
     try:
         checked = 0
         for row in store.list_collections():
-            for model in models_in(store, row.name):
+            for model in store.crypto.models_in(row.name):
                 for batch in store.iter_faces(row.name, model):
                     checked += len(batch)
         bad = store.unreadable_templates()

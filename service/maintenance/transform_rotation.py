@@ -20,23 +20,16 @@ from service.config import Settings
 from service.crypto.data_keys import transform_master_key
 from service.crypto.template_transform import OrthogonalTransform
 from service.pipeline.types import FloatArray
-from service.store.sqlite import CollectionRow, Store
-from service.store.sqlite_crypto import (
-    PassReport,
-    begin_transform_rotation,
-    faces_behind,
-    forget_old_generations,
-    retransform_all,
-    transform_salts,
-)
+from service.store.sqlite import CollectionRow, SqliteStore
+from service.store.sqlite_crypto import PassReport
 from service.vector_index.restore import snapshot_path
 
 log = logging.getLogger(__name__)
 
 
-def reissue_collection(store: Store, row: CollectionRow, master: bytes) -> PassReport:
+def reissue_collection(store: SqliteStore, row: CollectionRow, master: bytes) -> PassReport:
     """Bring every template of ``row`` to its current generation; forget unused salts."""
-    salts = transform_salts(store, row.id)
+    salts = store.transform_salts(row.id)
     combined: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
 
     def transform(gen: int, dim: int) -> OrthogonalTransform:
@@ -51,27 +44,27 @@ def reissue_collection(store: Store, row: CollectionRow, master: bytes) -> PassR
             combined[(old_gen, dim)] = new.matrix @ old.matrix.T
         return OrthogonalTransform(combined[(old_gen, dim)], row.transform_gen).apply(template)
 
-    report = retransform_all(store, row, reissue)
-    forget_old_generations(store, row)
+    report = store.crypto.retransform_all(row, reissue)
+    store.crypto.forget_old_generations(row)
     return report
 
 
 def rotate_transform(
-    store: Store, name: str, master: bytes, snapshot_dir: Path
+    store: SqliteStore, name: str, master: bytes, snapshot_dir: Path
 ) -> tuple[CollectionRow, PassReport]:
     """Revoke collection ``name``'s transform: re-issue all its templates under a new one."""
     row = store.get_collection(name)
     # Its snapshot holds vectors under the old generation. Its cipher context names the
     # generation, so it could not be loaded anyway; removing it first keeps no stale copy.
     snapshot_path(snapshot_dir, row).unlink(missing_ok=True)
-    row = begin_transform_rotation(store, name)
+    row = store.crypto.begin_transform_rotation(row)
     return row, reissue_collection(store, row, master)
 
 
-def finish_interrupted_reissues(store: Store, settings: Settings) -> None:
+def finish_interrupted_reissues(store: SqliteStore, settings: Settings) -> None:
     """At start-up: complete any re-issue a killed ``rotate-transform`` left half done."""
     for row in store.list_collections():
-        if row.transform_gen and faces_behind(store, row):
+        if row.transform_gen and store.crypto.faces_behind(row):
             log.warning(
                 "collection %r: finishing an interrupted transform re-issue (generation %d)",
                 row.name,

@@ -8,13 +8,12 @@
 * Face ids come from ``AUTOINCREMENT`` and are never reused, so a face id always means the
   same face and replaying the log can be a plain set reconciliation.
 
-All of facegate's schema and queries live here (connection PRAGMAs in ``store_db``; the
-whole-table passes of encryption maintenance in ``store_crypto``).
-Template bytes are produced and read only by ``_encode_template`` / ``_decode_template``:
-AES-GCM under the keyring's primary key (``service.crypto.template_crypto``) with the row's face
-id, collection, uid, model and transform generation bound as associated data, and the key
-id in ``faces.key_id``. A row that fails to open is reported (logged once, counted in
-``unreadable_templates()``) and left out: it is never matched against.
+The SQLite schema and the queries of the use cases live here; connection handling and
+PRAGMAs in ``sqlite_db``; the whole-table passes of encryption maintenance in
+``sqlite_crypto`` (``SqliteStore.crypto``). Template bytes are made and read only by
+``service.store.sealed_templates`` (AES-GCM, the row's identity bound as associated data,
+the key id in ``faces.key_id``); a row that fails to open is reported and left out, never
+matched against.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -40,7 +38,6 @@ from service.errors import (
     UnknownUser,
     UserExists,
 )
-from service.pipeline.types import FloatArray
 from service.store.rows import (
     ChangesSince,
     CollectionRow,
@@ -50,6 +47,8 @@ from service.store.rows import (
     NewFace,
     UserRow,
 )
+from service.store.sealed_templates import SealedTemplates
+from service.store.sqlite_crypto import CryptoPasses
 from service.store.sqlite_db import SqliteDb, StoreLock, StoreVersionError
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ __all__ = [
     "EnrollOutcome",
     "FaceRow",
     "NewFace",
-    "Store",
+    "SqliteStore",
     "StoreVersionError",
     "UserRow",
 ]
@@ -141,7 +140,7 @@ CREATE TABLE transform_keys (
 _SCHEMA += _CRYPTO_SCHEMA + "INSERT INTO crypto_state VALUES ('plaintext_migrated', '1');"
 _UPGRADES = {
     # 1 -> 2: templates sealed at rest. Existing rows keep key_id NULL (plaintext) until
-    # store_crypto.seal_plaintext_rows seals them, on the first start that has a key.
+    # CryptoPasses.seal_plaintext_rows seals them, on the first start that has a key.
     1: """
 ALTER TABLE collections ADD COLUMN transform_gen INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE faces ADD COLUMN key_id TEXT;
@@ -157,22 +156,8 @@ ALTER TABLE collections ADD COLUMN require_liveness INTEGER;
 }
 
 
-def _encode_template(
-    cipher: TemplateCipher, template: FloatArray, label: TemplateLabel
-) -> tuple[str, bytes]:
-    """(key id, sealed bytes) for the row ``label`` names."""
-    return cipher.seal(template, label)
-
-
-def _decode_template(
-    cipher: TemplateCipher, key_id: str | None, blob: bytes, label: TemplateLabel
-) -> FloatArray:
-    """The template, or TemplateUnreadable (altered, swapped, or under an unknown key)."""
-    return cipher.open(key_id, blob, label)
-
-
-class Store:
-    """SQLite store. Thread-safe; open once per process and share.
+class SqliteStore:
+    """SQLite store (``service.ports.FaceStore``). Thread-safe; open once per process and share.
 
     ``cipher`` seals and opens templates; by default the key is ``template.key`` beside the
     database (created on first use), which is also the service's default. ``exclusive``
@@ -189,23 +174,22 @@ class Store:
         busy_timeout_ms: int = 10_000,
         exclusive: bool = False,
     ) -> None:
-        from service.store import sqlite_crypto as store_crypto
-
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = StoreLock(self.path, exclusive=exclusive)
         self.cipher = cipher or TemplateCipher(directory_keyring(self.path.parent))
-        self._unreadable: dict[int, TemplateUnreadable] = {}
-        self._unreadable_lock = threading.Lock()
+        self._templates = SealedTemplates(self.cipher)
         try:
             self._db = SqliteDb(self.path, busy_timeout_ms=busy_timeout_ms)
         except BaseException:
             self._lock.release()
             raise
+        # The whole-table encryption passes (key checks, re-sealing), on the same database.
+        self.crypto = CryptoPasses(self._db, self._templates, self.path)
         try:
             self._db.migrate(_SCHEMA, SCHEMA_VERSION, _UPGRADES)
-            store_crypto.check_keys(self)
-            store_crypto.seal_plaintext_rows(self)
+            self.crypto.check_keys()
+            self.crypto.seal_plaintext_rows()
         except BaseException:
             self.close()
             raise
@@ -214,36 +198,22 @@ class Store:
         self._db.close()
         self._lock.release()
 
-    # ----------------------------------------------------------- sealed templates
+    def schema_version(self) -> int:
+        row = self._one("PRAGMA user_version", ())
+        return 0 if row is None else int(row[0])
 
-    def _seal(self, template: FloatArray, label: TemplateLabel) -> tuple[str, bytes]:
-        return _encode_template(self.cipher, template, label)
-
-    def _open(self, key_id: str | None, blob: bytes, label: TemplateLabel) -> FloatArray | None:
-        """The template, or None after reporting why it cannot be trusted."""
-        try:
-            return _decode_template(self.cipher, key_id, blob, label)
-        except TemplateUnreadable as exc:
-            self._report(exc, label)
-            return None
-
-    def _report(self, exc: TemplateUnreadable, label: TemplateLabel) -> None:
-        with self._unreadable_lock:
-            first = label.face_id not in self._unreadable
-            self._unreadable[label.face_id] = exc
-        if first:
-            log.error(
-                "collection %r uid %r: %s; the face is excluded from matching (delete the"
-                " user and enrol again, or restore the row from a backup)",
-                label.collection,
-                label.uid,
-                exc.message,
-            )
+    def compact(self) -> None:
+        """Rewrite the database file so that no old copy of a rewritten row survives in free
+        pages or the WAL (after a key rotation: no ciphertext under the retired key)."""
+        self._db.rewrite_file()
 
     def unreadable_templates(self) -> dict[int, TemplateUnreadable]:
         """Faces whose templates failed to open since the store was opened, by face id."""
-        with self._unreadable_lock:
-            return dict(self._unreadable)
+        return self._templates.unreadable()
+
+    def transform_salts(self, collection_id: int) -> dict[int, bytes]:
+        """The revocable-template salts of a collection, by generation."""
+        return self.crypto.transform_salts(collection_id)
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._db.transaction()
@@ -507,7 +477,7 @@ class Store:
             rows = []
             for fid, u in zip(ids, users, strict=True):
                 label = TemplateLabel(fid, collection, u.uid, model_id, gen)
-                key_id, blob = self._seal(u.template, label)
+                key_id, blob = self._templates.seal(u.template, label)
                 rows.append((fid, collection, u.uid, model_id, blob, now, key_id, gen))
             db.executemany(
                 "INSERT INTO faces (face_id, collection, uid, model_id, template, image_digest,"
@@ -538,7 +508,8 @@ class Store:
         gen: int,
     ) -> int:
         fid = _face_sequence(db) + 1  # assigned first: the ciphertext is bound to it
-        key_id, blob = self._seal(face.template, TemplateLabel(fid, collection, uid, model_id, gen))
+        label = TemplateLabel(fid, collection, uid, model_id, gen)
+        key_id, blob = self._templates.seal(face.template, label)
         db.execute(
             "INSERT INTO faces (face_id, collection, uid, model_id, template, image_digest,"
             " box_left, box_top, box_right, box_bottom, det_score, inter_eye_px, created_at,"
@@ -580,9 +551,8 @@ class Store:
             try:
                 # Re-sealed under its new face id, so it must open first: a row that does not
                 # is refused rather than silently re-sealed (that would launder the tampering).
-                template = _decode_template(self.cipher, r[11], r[2], label)
+                template = self._templates.open_or_raise(r[11], r[2], label)
             except TemplateUnreadable as exc:
-                self._report(exc, label)
                 raise TemplateUnreadable(
                     f"{exc.message}; the user's phone number cannot change until the user is"
                     " deleted and enrolled again",
@@ -657,7 +627,7 @@ class Store:
         out: list[FaceRow] = []
         for r in rows:
             label = TemplateLabel(int(r[0]), str(r[5]), str(r[1]), str(r[6]), int(r[8]))
-            template = self._open(r[7], r[2], label)
+            template = self._templates.open(r[7], r[2], label)
             if template is not None:
                 out.append(FaceRow(label.face_id, label.uid, template, r[3], str(r[4])))
         return out

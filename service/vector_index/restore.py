@@ -24,7 +24,7 @@ import numpy as np
 from index import Gallery, GalleryError, IndexConfig, SnapshotCorrupt
 from service.crypto.data_keys import Keyring
 from service.crypto.snapshot_cipher import PlaintextSnapshot, SnapshotCipher
-from service.store.sqlite import CollectionRow, FaceRow, Store
+from service.store.sqlite import CollectionRow, FaceRow, SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,14 @@ def add_rows(gallery: Gallery, rows: list[FaceRow]) -> None:
     )
 
 
-def rebuild(store: Store, row: CollectionRow, dim: int, config: IndexConfig) -> Gallery:
+def rebuild(store: SqliteStore, row: CollectionRow, dim: int, config: IndexConfig) -> Gallery:
     gallery = Gallery(dim, config)
     for batch in store.iter_faces(row.name, row.model_id):
         add_rows(gallery, batch)
     return gallery
 
 
-def replay(store: Store, row: CollectionRow, gallery: Gallery, sequence: int) -> int:
+def replay(store: SqliteStore, row: CollectionRow, gallery: Gallery, sequence: int) -> int:
     """Apply the store's changes after ``sequence``; returns how many faces changed."""
     changes = store.changes_since(row.id, sequence)
     gone = [f for f in set(changes.removed) if f in gallery]
@@ -75,7 +75,7 @@ def replay(store: Store, row: CollectionRow, gallery: Gallery, sequence: int) ->
 
 
 def restore(
-    store: Store, row: CollectionRow, dim: int, snapshot_dir: Path, config: IndexConfig
+    store: SqliteStore, row: CollectionRow, dim: int, snapshot_dir: Path, config: IndexConfig
 ) -> Gallery:
     path = snapshot_path(snapshot_dir, row)
     if path.exists():
