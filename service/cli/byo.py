@@ -13,20 +13,20 @@ Serve it with ``model_pack = "NAME"`` (settings) or ``FACEGATE_MODEL_PACK=NAME``
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from service.cli.pack_output import add_pack_flags, fail, pack_summary, packs_dir, print_summary
 from service.errors import FacegateError, InvalidArgument, ModelPackError
 from service.models.byo_presets import DETECTOR_PRESETS, EMBEDDER_PRESETS, NORMALISATIONS
 
 
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(sub: Any) -> None:
     add = sub.add_parser(
         "add",
         help="write a bring-your-own pack (detector + ArcFace-style embedder) with sha256 pins",
     )
-    common(add)
+    add_pack_flags(add)
     add.add_argument("name", help="pack name (a directory under the packs directory)")
     add.add_argument("--dest", type=Path, default=None, help="pack directory (default: packs/NAME)")
     add.add_argument("--symlink", action="store_true", help="symlink the files instead of copying")
@@ -156,7 +156,6 @@ def embedder_section(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from service.cli import models as cli_models
     from service.models.byo_pack import (
         check_pack_name,
         load_byo_pack,
@@ -169,7 +168,7 @@ def run_add(args: argparse.Namespace) -> int:
 
     try:
         name = check_pack_name(args.name)
-        dest = args.dest if args.dest is not None else cli_models._packs_dir(args) / name
+        dest = args.dest if args.dest is not None else packs_dir(args) / name
         detector, embedder = detector_section(args), embedder_section(args)
         where = f"pack {name!r}"
         # Open both models with the stated names before writing anything.
@@ -187,7 +186,7 @@ def run_add(args: argparse.Namespace) -> int:
         )
         pack = load_byo_pack(dest, dest.parent)
     except (ModelPackError, FacegateError, OSError) as exc:
-        return cli_models._fail(exc)
-    summary = cli_models._summary(pack.pack_dir, pack.manifest)
-    cli_models._print(summary, args.json, "wrote")
+        return fail(exc)
+    summary = pack_summary(pack.pack_dir, pack.manifest)
+    print_summary(summary, args.json, "wrote")
     return 0
