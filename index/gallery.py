@@ -193,6 +193,11 @@ class Gallery:
         with self._lock.read():
             return len(self._uid_code)
 
+    def count_partitions(self) -> int:
+        """Partition (hint) buckets holding at least one face."""
+        with self._lock.read():
+            return len(self._part_faces)
+
     def __len__(self) -> int:
         return self._n
 

@@ -144,7 +144,7 @@ class Settings:
     probe_token_ttl_s: float = 60.0
     # Above this many users an un-hinted Identify answers NEED_HINT, for collections created
     # without their own limit: -1 = by kind (PAY: 100, from the 1:N false-match budget in
-    # service/decisions.py; MEMBER: never), 0 = never, N = above N users.
+    # service/engine/decisions.py; MEMBER: never), 0 = never, N = above N users.
     default_hint_required_above: int = -1
     # Secret for keyed phone-number hashes and probe tokens; generated into data_dir when unset.
     secret_file: Path | None = None

@@ -180,3 +180,15 @@ class TemplateUnreadable(FacegateError):
     with another row (its face id, collection, uid and model are bound to the ciphertext)."""
 
     reason = "TEMPLATE_UNREADABLE"
+
+
+class ServiceNotReady(FacegateError):
+    """The server is up but its engine (the model pack) is not loaded yet, or failed to."""
+
+    reason = "NOT_READY"
+
+
+class DeadlineExceeded(FacegateError):
+    """The call's deadline passed (the engine itself signals this with ``TimeoutError``)."""
+
+    reason = "DEADLINE_EXCEEDED"

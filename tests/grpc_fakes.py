@@ -278,9 +278,6 @@ class FakeFaceService:
     def stats(self) -> dict[str, int]:
         return {"collections": len(self.collections)}
 
-    def snapshot_all(self) -> None:
-        pass
-
     def close(self) -> None:
         self.closed = True
 

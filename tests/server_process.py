@@ -19,8 +19,9 @@ from pathlib import Path
 
 from conftest import ROOT
 
+from service.errors import ServiceNotReady
 from service.pipeline.quality import QualityLimits, QualityPolicy
-from service.transport.client import FaceGateClient, ServiceNotReady
+from service.transport.client import FaceGateClient
 
 READY_TIMEOUT_S = 300.0
 

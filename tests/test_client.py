@@ -20,9 +20,10 @@ from service.domain import (
     IdentifyRequest,
     VerifyRequest,
 )
+from service.errors import DeadlineExceeded, ServiceNotReady
 from service.transport.client import FaceGateClient
 from service.transport.server import create_server
-from service.transport.status import DeadlineExceeded, RemoteError, ServiceNotReady
+from service.transport.status import RemoteError
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_disk_holds_no_template_and_the_sealed_snapshot_restores(
     blob = disk_bytes(data_dir)
     assert not any(holds(blob, t) for t in templates.values())
 
-    caplog.set_level(logging.INFO, logger="service.vector_index.restore")
+    caplog.set_level(logging.INFO, logger="service.vector_index.local")
     server, client = start(settings_for(data_dir, packs_dir, snapshot_every_s=0))
     try:
         assert answers(identify_all(client, "shop", people)) == before

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from fakes import FAKE_FACE, FAKE_THRESHOLD, FakeAnalyzer, face_png, no_face_png
 
-from index import IndexConfig
 from service.app import build_service
 from service.config import Settings
 from service.crypto.secrets_file import load_or_create_secret
@@ -40,7 +39,8 @@ from service.errors import (
     UnknownUser,
 )
 from service.store.sqlite import SqliteStore
-from service.vector_index.restore import restore, snapshot_path
+from service.vector_index.local import LocalIndexes
+from service.vector_index.snapshot_files import snapshot_path
 
 ALICE, BOB, CAROL = 1, 2, 3
 STRANGER = 99
@@ -162,7 +162,7 @@ def test_restart_keeps_the_gallery(settings: Settings) -> None:
     svc.create_collection(CollectionSpec("shop"))
     enroll(svc, "alice", ALICE, phone="+1 555 000 1234")
     enroll(svc, "bob", BOB)
-    svc.snapshot_all()
+    svc.indexes.checkpoint()
     # Changes after the snapshot are replayed from the store's log on restart.
     enroll(svc, "carol", CAROL)
     svc.delete_user("shop", "bob")
@@ -184,7 +184,7 @@ def test_restart_with_a_corrupt_snapshot_rebuilds_from_the_store(settings: Setti
     svc = build_service(settings, analyzer=FakeAnalyzer())
     svc.create_collection(CollectionSpec("shop"))
     enroll(svc, "alice", ALICE)
-    svc.snapshot_all()
+    svc.indexes.checkpoint()
     svc.close()
     store = SqliteStore(settings.store_path)
     path = snapshot_path(settings.snapshot_dir, store.get_collection("shop"))
@@ -203,7 +203,7 @@ def test_snapshot_prunes_the_change_log_and_deleted_collections_lose_snapshots(
 ) -> None:
     svc.create_collection(CollectionSpec("shop"))
     enroll(svc, "alice", ALICE)
-    svc.snapshot_all()
+    svc.indexes.checkpoint()
     store = SqliteStore(settings.store_path)
     try:
         row = store.get_collection("shop")
@@ -298,11 +298,17 @@ def test_phone_change_moves_the_user_to_the_new_bucket(svc: FaceService) -> None
 def test_probe_token_rules(settings: Settings) -> None:
     now = [1000.0]
     store = SqliteStore(settings.store_path)
+    indexes = LocalIndexes(
+        store,
+        store.cipher.keyring,
+        dim=FakeAnalyzer().embedding_dim,
+        snapshot_dir=settings.snapshot_dir,
+    )
     svc = FaceService(
         settings,
         FakeAnalyzer(),
         store,
-        {},
+        indexes,
         load_or_create_secret(settings),
         clock=lambda: now[0],
     )
@@ -562,6 +568,10 @@ def test_concurrent_enroll_identify_delete_never_returns_a_deleted_user(
         svc.close()
 
 
+def _indexes(store: SqliteStore, settings: Settings) -> LocalIndexes:
+    return LocalIndexes(store, store.cipher.keyring, dim=64, snapshot_dir=settings.snapshot_dir)
+
+
 def test_replay_tolerates_a_snapshot_ahead_of_its_sequence(settings: Settings) -> None:
     """A snapshot may include changes made after the sequence it records (it is written
     without stopping writers); restoring must still end exactly at the store's state."""
@@ -574,7 +584,7 @@ def test_replay_tolerates_a_snapshot_ahead_of_its_sequence(settings: Settings) -
     try:
         row = store.get_collection("shop")
         early = store.sequence()
-        gallery = restore(store, row, 64, settings.snapshot_dir, IndexConfig())
+        gallery = _indexes(store, settings).load(row)
         # Later changes: carol added, bob deleted, alice moved to a new bucket (new ids).
         store.enroll("shop", "carol", [], model_id="fake-v1", metadata=None, phone=None)
         removed = store.delete_user("shop", "bob")
@@ -585,7 +595,7 @@ def test_replay_tolerates_a_snapshot_ahead_of_its_sequence(settings: Settings) -
         path = snapshot_path(settings.snapshot_dir, row)
         settings.snapshot_dir.mkdir(parents=True, exist_ok=True)
         gallery.snapshot(path, early)  # records the early sequence
-        restored = restore(store, row, 64, settings.snapshot_dir, IndexConfig())
+        restored = _indexes(store, settings).load(row)
         assert restored.uids() == ["alice"]
         assert sorted(restored.face_ids().tolist()) == sorted(moved.renamed.values())
         assert restored.partition_of(next(iter(moved.renamed.values()))) == "new-bucket"

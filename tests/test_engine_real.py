@@ -115,7 +115,7 @@ def test_enrol_identify_verify_delete_restart(settings: Settings, photos: dict[s
         assert svc.delete_user("shop", "grace") == 1
         gone = svc.identify(IdentifyRequest("shop", photos["grace_other"]))
         assert gone.decision is Decision.NO_MATCH
-        svc.snapshot_all()
+        svc.indexes.checkpoint()
         svc.enroll(EnrollRequest("shop", "grace2", [photos["grace"]]))  # after the snapshot
     finally:
         svc.close()

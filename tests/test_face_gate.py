@@ -30,6 +30,7 @@ from service.errors import DuplicateFace, InvalidArgument, LivenessFailed, LowQu
 from service.pipeline.face_gate import kinds_requiring_liveness, liveness_required
 from service.pipeline.types import DecodedImage
 from service.store.sqlite import SCHEMA_VERSION, SqliteStore
+from service.vector_index.local import LocalIndexes
 
 
 class RecordingLiveness:
@@ -61,9 +62,14 @@ class RecordingLiveness:
 
 def _engine(settings: Settings, liveness: RecordingLiveness | None) -> FaceService:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return FaceService(
-        settings, FakeAnalyzer(), SqliteStore(settings.store_path), {}, b"k" * 32, liveness=liveness
+    store = SqliteStore(settings.store_path)
+    indexes = LocalIndexes(
+        store,
+        store.cipher.keyring,
+        dim=FakeAnalyzer().embedding_dim,
+        snapshot_dir=settings.snapshot_dir,
     )
+    return FaceService(settings, FakeAnalyzer(), store, indexes, b"k" * 32, liveness=liveness)
 
 
 @pytest.fixture

@@ -22,11 +22,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from service import errors
+from service.errors import DeadlineExceeded, ServiceNotReady
 from service.transport.server import SERVICE_NAME, FaceGateServer, create_server
 from service.transport.status import (
-    DeadlineExceeded,
     RemoteError,
-    ServiceNotReady,
     error_from_rpc,
     error_info,
     reason_of,

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index import Gallery
 from service.domain import FaceQuality
 from service.errors import DuplicateFace, InvalidArgument
 from service.pipeline.types import FloatArray
-from service.store.sqlite import FaceRow, NewFace
+from service.ports import VectorIndex
+from service.store.rows import FaceRow, NewFace
 
 SAME_FACE_COS = 0.99
 
@@ -78,7 +78,7 @@ def plan_enrollment(
     embeddings: Sequence[FloatArray],
     digests: Sequence[str],
     existing: Sequence[FaceRow],
-    gallery: Gallery,
+    gallery: VectorIndex,
     threshold: float,
     allow_duplicate: bool,
 ) -> EnrollmentPlan:
@@ -122,7 +122,7 @@ def plan_enrollment(
 
 
 def _refuse_duplicates(
-    uid: str, vectors: list[FloatArray], images: list[int], gallery: Gallery, threshold: float
+    uid: str, vectors: list[FloatArray], images: list[int], gallery: VectorIndex, threshold: float
 ) -> None:
     # Top 2 distinct uids suffice: at most one of them is `uid` itself.
     queries = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)

@@ -5,12 +5,17 @@ Data flow (see docs/ARCHITECTURE.md): bytes -> decode -> locate -> select the cu
 across concurrent requests) -> search (micro-batched) -> decide. Enroll gates with the
 collection's strict policy, Identify and Verify with its lenient one.
 
+The engine depends on the seams in ``service.ports`` only: a ``FaceStore`` and the
+``VectorIndexes`` that follow it.
+
 Consistency rules:
-* The store is written first and durably; the in-memory gallery follows. Every write to a
-  collection (enrol, delete user, delete collection) holds that collection's lock across
-  both steps, so the gallery never lags the store by more than the call in progress, and
-  a deleted user is out of the gallery before ``delete_user`` returns.
-* Searches take no collection lock (the gallery has its own readers-writer lock), so
+* Writes go to the store alone, durably; the collection's vector index follows the store's
+  change log (``VectorIndexes.sync``), never the engine's hands. Every write to a
+  collection (enrol, import, delete user) holds that collection's lock across the store
+  write and the sync, so the index never lags the store by more than the call in progress,
+  a duplicate-face check sees every face enrolled before it, and a deleted user is out of
+  the index before ``delete_user`` returns.
+* Searches take no collection lock (the index has its own readers-writer lock), so
   payments are never queued behind enrolments.
 
 Revocable collections (``CollectionSpec.revocable``): every embedding entering the
@@ -27,12 +32,12 @@ import importlib.metadata
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from index import Gallery, IndexConfig, SearchResult, UnknownId
+from index import SearchResult, UnknownId
 from service.access.principal import Role, current_principal
 from service.cancellation import raise_if_abandoned
 from service.config import DecodeLimits, Settings
@@ -92,15 +97,8 @@ from service.pipeline.face_gate import (
 )
 from service.pipeline.timing import DECODE, NO_TIMING, StageTimer
 from service.pipeline.types import DecodedImage, FloatArray, UInt8Array
-from service.store.rows import ImportedUser
-from service.store.sqlite import CollectionRow, SqliteStore, UserRow
-from service.vector_index.restore import (
-    add_rows,
-    remove_orphan_snapshots,
-    snapshot_codec,
-    snapshot_path,
-)
-from service.vector_index.snapshotter import PeriodicSnapshots
+from service.ports import FaceStore, VectorIndex, VectorIndexes
+from service.store.rows import CollectionRow, ImportedUser, UserRow
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +108,8 @@ Decoder = Callable[[bytes, DecodeLimits], DecodedImage]
 @dataclass
 class _Collection:
     row: CollectionRow
-    gallery: Gallery | None  # None: enrolled with another model than the one loaded
+    gallery: VectorIndex | None  # None: enrolled with another model than the one loaded
     lock: threading.Lock
-    phone_users: int  # users with a phone bucket: hints can help only if > 0
     enroll_gate: GatePolicy  # what Enroll requires of each photo
     identify_gate: GatePolicy  # what Identify and Verify require of the probe
     transform: OrthogonalTransform | None = None  # revocable collections only
@@ -129,13 +126,12 @@ class FaceService:
         self,
         settings: Settings,
         analyzer: FaceAnalyzer,
-        store: SqliteStore,
-        galleries: Mapping[str, Gallery],
+        store: FaceStore,
+        indexes: VectorIndexes,
         secret: bytes,
         *,
         clock: Callable[[], float] = time.monotonic,
         decoder: Decoder | None = None,
-        index_config: IndexConfig | None = None,
         timer: StageTimer = NO_TIMING,
         liveness: LivenessCheck | None = None,
     ) -> None:
@@ -148,31 +144,27 @@ class FaceService:
         self._timer = timer
         self._analyzer = analyzer
         self._store = store
+        self.indexes = indexes
         self._clock = clock
         self._decode: Decoder = decoder if decoder is not None else decode_image
-        self._index_config = index_config if index_config is not None else IndexConfig()
         self._model_id = analyzer.model_id
         self._dim = analyzer.embedding_dim
         self._phones = PhoneHasher(secret)
         self._digest_key = hmac.new(secret, b"facegate/image-digest", hashlib.sha256).digest()
         self._tokens = ProbeTokens(ttl_s=settings.probe_token_ttl_s, clock=clock)
         self._registry_lock = threading.Lock()
-        self._snapshot_lock = threading.Lock()
         self._collections: dict[str, _Collection] = {}
         self._master_lock = threading.Lock()
         self._master: bytes | None = None
         for row in store.list_collections():
-            self._collections[row.name] = self._load_collection(row, galleries.get(row.name))
+            self._collections[row.name] = self._load_collection(row)
         self._runs = SharedRuns(
             analyzer, window_ms=settings.batch_window_ms, max_batch=settings.max_batch, timer=timer
         )
         self._closed = False
-        self._snapshots: PeriodicSnapshots | None = None
-        if settings.snapshot_every_s > 0:
-            self._snapshots = PeriodicSnapshots(self.snapshot_all, settings.snapshot_every_s)
-            self._snapshots.start()
 
-    def _load_collection(self, row: CollectionRow, gallery: Gallery | None) -> _Collection:
+    def _load_collection(self, row: CollectionRow) -> _Collection:
+        gallery: VectorIndex | None = None
         if row.model_id != self._model_id:
             log.warning(
                 "collection %r was enrolled with model %r but %r is loaded; it answers "
@@ -181,14 +173,11 @@ class FaceService:
                 row.model_id,
                 self._model_id,
             )
-            gallery = None
-        elif gallery is None:
-            gallery = Gallery(self._dim, self._index_config)
-            for batch in self._store.iter_faces(row.name, row.model_id):
-                add_rows(gallery, batch)
-        return self._with_gates(row, gallery, self._store.count_users_with_phone(row.name))
+        else:
+            gallery = self.indexes.load(row)
+        return self._with_gates(row, gallery)
 
-    def _with_gates(self, row: CollectionRow, gallery: Gallery | None, phones: int) -> _Collection:
+    def _with_gates(self, row: CollectionRow, gallery: VectorIndex | None) -> _Collection:
         enroll, identify = collection_policies(
             self._quality,
             QualityLimits(**row.enroll_quality),
@@ -199,7 +188,6 @@ class FaceService:
             row,
             gallery,
             threading.Lock(),
-            phones,
             enroll_gate=GatePolicy(enroll, live if self._settings.liveness.check_enroll else None),
             identify_gate=GatePolicy(identify, live),
             transform=self._transform(row),
@@ -259,7 +247,7 @@ class FaceService:
                 identify_quality=spec.identify_quality.items(),
                 require_liveness=spec.require_liveness,
             )
-            coll = self._with_gates(row, Gallery(self._dim, self._index_config), 0)
+            coll = self._with_gates(row, self.indexes.create(row))
             self._collections[row.name] = coll
         return self._info(coll)
 
@@ -270,7 +258,7 @@ class FaceService:
             with self._registry_lock:
                 if self._collections.get(coll.row.name) is coll:
                     del self._collections[coll.row.name]
-            snapshot_path(self._settings.snapshot_dir, coll.row).unlink(missing_ok=True)
+            self.indexes.drop(coll.row)
 
     def get_collection(self, name: str) -> CollectionInfo:
         return self._info(self._collection(name))
@@ -288,7 +276,7 @@ class FaceService:
             raise UnknownCollection(f"no collection named {name!r}", metadata={"collection": name})
         return coll
 
-    def _gallery(self, coll: _Collection) -> Gallery:
+    def _gallery(self, coll: _Collection) -> VectorIndex:
         if coll.gallery is None:
             raise ModelMismatch(
                 f"collection {coll.row.name!r} holds templates of model {coll.row.model_id!r}, "
@@ -391,7 +379,7 @@ class FaceService:
 
     def _search(
         self,
-        gallery: Gallery,
+        gallery: VectorIndex,
         query: FloatArray,
         k: int,
         partition: str | None,
@@ -438,8 +426,6 @@ class FaceService:
                 )
             except DuplicateFace as exc:
                 raise _as_seen_by_caller(exc) from None
-            user = self._store.get_user(coll.row.name, uid) if existing else None
-            had_phone = user is not None and user.phone_bucket is not None
             nothing_to_do = existing and not plan.new_faces and not metadata and phone is None
             if nothing_to_do:
                 created = False
@@ -454,12 +440,7 @@ class FaceService:
                     metadata=metadata if (metadata or not existing) else None,
                     phone=phone,
                 )
-                # Add before removing: faces that moved bucket stay findable throughout.
-                add_rows(gallery, list(outcome.added))
-                if outcome.removed_face_ids:
-                    gallery.remove_faces(np.array(outcome.removed_face_ids, dtype=np.int64))
-                if phone is not None and not had_phone:
-                    coll.phone_users += 1
+                self.indexes.sync(coll.row)
                 created, new_ids, renamed = outcome.created, outcome.new_face_ids, outcome.renamed
             face_ids = plan.resolve(new_ids, renamed)
         return EnrollResult(
@@ -507,7 +488,7 @@ class FaceService:
                 result,
                 policy,
                 hinted=bucket is not None,
-                hints_available=coll.phone_users > 0,
+                hints_available=gallery.count_partitions() > 0,
                 top_k=top_k,
             )
         token = None
@@ -551,13 +532,9 @@ class FaceService:
         coll = self._collection(collection)
         uid = checks.uid(uid)
         with coll.lock:
-            user = self._store.get_user(coll.row.name, uid)
             face_ids = self._store.delete_user(coll.row.name, uid)  # UnknownUser if absent
             if coll.gallery is not None:
-                coll.gallery.remove_faces(np.array(face_ids, dtype=np.int64))
-                coll.gallery.remove_uid(uid)  # belt and braces: nothing of it may remain
-            if user is not None and user.phone_bucket is not None:
-                coll.phone_users -= 1
+                self.indexes.sync(coll.row)
         return len(face_ids)
 
     def get_user(self, collection: str, uid: str) -> UserInfo:
@@ -596,7 +573,7 @@ class FaceService:
         load benchmarks). There is no image, so there is no duplicate-face check; a uid that
         already exists refuses the whole batch (``UserExists``). Returns the face ids."""
         coll = self._collection(req.collection)
-        gallery = self._gallery(coll)
+        self._gallery(coll)  # ModelMismatch when this service cannot serve the collection
         if req.model_id != coll.row.model_id:
             raise ModelMismatch(
                 f"templates of model {req.model_id!r} cannot join collection {coll.row.name!r}"
@@ -628,8 +605,7 @@ class FaceService:
                 if self._collections.get(coll.row.name) is not coll:
                     raise UnknownCollection(f"collection {coll.row.name!r} was deleted")
             rows = self._store.import_users(coll.row.name, users, model_id=self._model_id)
-            add_rows(gallery, rows)
-            coll.phone_users += sum(1 for u in users if u.phone is not None)
+            self.indexes.sync(coll.row)
         return tuple(r.face_id for r in rows)
 
     # --------------------------------------------------------------- operations
@@ -647,35 +623,11 @@ class FaceService:
             **self._runs.counters(),
         }
 
-    def snapshot_all(self) -> None:
-        """Write each gallery's snapshot atomically with the store sequence it includes,
-        then forget the change log it covers. Concurrent calls run one after the other."""
-        with self._snapshot_lock:
-            directory = self._settings.snapshot_dir
-            directory.mkdir(parents=True, exist_ok=True)
-            with self._registry_lock:
-                colls = list(self._collections.values())
-            for coll in colls:
-                if coll.gallery is None:
-                    continue
-                # Under the lock every committed change <= sequence is in the gallery; changes
-                # made while the file is written may be in it too, which replay tolerates.
-                with coll.lock:
-                    sequence = self._store.sequence()
-                coll.gallery.snapshot(
-                    snapshot_path(directory, coll.row),
-                    sequence,
-                    codec=snapshot_codec(self._store.cipher.keyring, coll.row),
-                )
-                self._store.prune_changes(coll.row.id, sequence)
-            remove_orphan_snapshots(directory, self._store.list_collections())
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._snapshots is not None:
-            self._snapshots.stop()  # before the store closes under a running snapshot
+        self.indexes.close()  # stops its background work before the store closes under it
         self._runs.close()
         self._store.close()
 

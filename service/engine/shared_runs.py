@@ -12,16 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index import Gallery, SearchResult
+from index import SearchResult
 from service.engine.batching import MicroBatcher
 from service.pipeline.analyzer import FaceAnalyzer
 from service.pipeline.timing import EMBED, NO_TIMING, SEARCH, StageTimer
 from service.pipeline.types import FloatArray, UInt8Array
+from service.ports import VectorIndex
 
 
 @dataclass(frozen=True, slots=True)
 class _SearchJob:
-    gallery: Gallery
+    gallery: VectorIndex
     query: FloatArray  # (D,)
     k: int
     partition: str | None
@@ -52,7 +53,7 @@ class SharedRuns:
 
     def search(
         self,
-        gallery: Gallery,
+        gallery: VectorIndex,
         query: FloatArray,
         k: int,
         partition: str | None,

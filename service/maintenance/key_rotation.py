@@ -40,7 +40,11 @@ from service.crypto.template_crypto import TemplateCipher
 from service.errors import DataKeyError
 from service.store.sqlite import SqliteStore
 from service.store.sqlite_crypto import ROTATION_SOURCE, ROTATION_TARGET
-from service.vector_index.restore import remove_orphan_snapshots, snapshot_codec, snapshot_path
+from service.vector_index.snapshot_files import (
+    remove_orphan_snapshots,
+    snapshot_codec,
+    snapshot_path,
+)
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from service.crypto.template_transform import OrthogonalTransform
 from service.pipeline.types import FloatArray
 from service.store.sqlite import CollectionRow, SqliteStore
 from service.store.sqlite_crypto import PassReport
-from service.vector_index.restore import snapshot_path
+from service.vector_index.snapshot_files import snapshot_path
 
 log = logging.getLogger(__name__)
 

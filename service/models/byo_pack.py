@@ -4,7 +4,7 @@ A BYO pack is a directory holding the model files and a ``manifest.json`` of the
 family as the default pack's (``PackManifest``: files with sha256 and size, ``detector``,
 ``landmarks``, ``embedder``, ``thresholds``), whose sections state every convention the
 stages need, explicitly: nothing is guessed from tensor shapes. ``facegate models add``
-writes one (``service/cli_models.py``); this module parses, checks and loads it.
+writes one (``service/cli/byo.py``); this module parses, checks and loads it.
 
 Detector section (``kind`` = ``yunet`` | ``scrfd`` | ``retinaface``)::
 

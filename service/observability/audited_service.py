@@ -216,9 +216,6 @@ class AuditedService:
     def stats(self) -> dict[str, int]:
         return self._inner.stats()
 
-    def snapshot_all(self) -> None:
-        self._inner.snapshot_all()
-
     def close(self) -> None:
         try:
             self._inner.close()

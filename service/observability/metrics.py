@@ -3,8 +3,8 @@
 Everything lives in a per-server ``CollectorRegistry`` (never the global one), so tests and
 several servers in one process do not collide. The pieces:
 
-* an RPC interceptor (the one place RPCs are counted and timed, by method and status code,
-  including calls other interceptors refuse, when it is installed first);
+* ``observe_rpc``, fed by the transport (``service.transport.rpc_metrics``, the one place
+  gRPC calls are counted and timed, including calls other interceptors refuse);
 * a ``StageTimer`` (``service.pipeline.timing``) the engine and pipeline time stages with;
 * an ``AuditSink`` (``service.observability.audit``) that counts decisions and refusal reasons;
 * a scrape-time collector for gallery sizes, readiness and the loaded model pack;
@@ -17,13 +17,11 @@ import importlib.metadata
 import logging
 import platform
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -178,14 +176,12 @@ class ServiceMetrics:
 
     # ------------------------------------------------------------- RPCs
 
-    def observe_rpc(self, full_method: str, code: grpc.StatusCode, seconds: float) -> None:
+    def observe_rpc(self, full_method: str, code: str, seconds: float) -> None:
+        """One finished call: ``/package.Service/Method``, its status code name, duration."""
         service, _, method = full_method.lstrip("/").rpartition("/")
-        labels = (service, method, code.name)
+        labels = (service, method, code)
         self.rpc_requests.labels(*labels).inc()
         self.rpc_seconds.labels(*labels).observe(seconds)
-
-    def interceptor(self) -> grpc.ServerInterceptor[Any, Any]:
-        return _RpcMetricsInterceptor(self)
 
     # ------------------------------------------------------------- HTTP
 
@@ -220,56 +216,3 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
             metadata={"field": "metrics.listen"},
         )
     return host.strip("[]"), int(port_text)
-
-
-if TYPE_CHECKING:  # generic only in the type stubs
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:
-    _Interceptor = grpc.ServerInterceptor
-
-
-class _RpcMetricsInterceptor(_Interceptor):
-    """Counts and times every unary-unary RPC by method and final status code."""
-
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self._metrics = metrics
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # unknown methods (UNIMPLEMENTED) and streams are not counted
-        behaviour = handler.unary_unary
-        method = handler_call_details.method
-        observe = self._metrics.observe_rpc
-
-        def timed(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            try:
-                response = behaviour(request, context)
-            except BaseException:
-                observe(method, _code(context, grpc.StatusCode.UNKNOWN), _since(started))
-                raise
-            observe(method, _code(context, grpc.StatusCode.OK), _since(started))
-            return response
-
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-def _since(started: float) -> float:
-    return time.perf_counter() - started
-
-
-def _code(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
-    """The status the handler set (abort sets it before raising), else ``default``."""
-    # grpc's ServicerContext.code() (grpcio >= 1.38) is missing from the type stubs.
-    get_code = getattr(context, "code", None)
-    code = get_code() if callable(get_code) else None
-    return code if isinstance(code, grpc.StatusCode) else default

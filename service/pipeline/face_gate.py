@@ -1,6 +1,6 @@
 """The gate between locating faces and embedding one: select, align, quality, liveness.
 
-For each image of a call (see DESIGN.md, "The way data flows"):
+For each image of a call (see docs/ARCHITECTURE.md, "How a request flows"):
 
 1. **select** the customer's face: the largest (``service.pipeline.face_selection``), else NO_FACE;
 2. **align** it into the embedder's chip;

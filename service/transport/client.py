@@ -38,8 +38,9 @@ from service.domain import (
     VerifyRequest,
     VerifyResult,
 )
+from service.errors import ServiceNotReady
 from service.transport import convert
-from service.transport.status import ServiceNotReady, error_from_rpc
+from service.transport.status import error_from_rpc
 from service.transport.tls import ClientTls
 
 DEFAULT_TARGET = "127.0.0.1:50051"

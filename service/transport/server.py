@@ -13,7 +13,6 @@ is mapped by ``service.transport.status``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import threading
@@ -29,15 +28,15 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.app import Loader, ServiceHost
 from service.cancellation import call_scope
 from service.config import Settings
-from service.errors import InvalidArgument
-from service.observability.audit import AuditLog, open_audit_log
-from service.observability.metrics import ServiceMetrics, parse_listen
+from service.errors import DeadlineExceeded, InvalidArgument, ServiceNotReady
 from service.ports import FaceServicePort
 from service.transport import convert
 from service.transport.auth import build_auth
-from service.transport.status import DeadlineExceeded, ServiceNotReady, is_expected, status_for
+from service.transport.rpc_metrics import RpcMetricsInterceptor
+from service.transport.status import is_expected, status_for
 from service.transport.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -47,72 +46,15 @@ DEFAULT_GRACE_S = 10.0
 # gRPC reports "no deadline" as a remaining time of decades; treat anything this long as none.
 _NO_DEADLINE_S = 1e7
 
-Loader = Callable[[], FaceServicePort]
 # One RPC's work: (engine, parsed request, monotonic deadline or None) -> response message.
 _Handler = Callable[[FaceServicePort, Any, float | None], Any]
-
-
-class _EngineSlot:
-    """Holds the engine once it is loaded; closes it exactly once, after the server stops."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._service: FaceServicePort | None = None
-        self._error: BaseException | None = None
-        self._closed = False
-        self.settled = threading.Event()  # loaded or failed
-
-    def get(self) -> FaceServicePort:
-        with self._lock:
-            if self._service is not None:
-                return self._service
-            if self._error is not None:
-                raise ServiceNotReady(f"the engine failed to load: {self._error}")
-            raise ServiceNotReady("the server is starting: models are still loading")
-
-    def peek(self) -> FaceServicePort | None:
-        """The engine if it is loaded, else None (for metrics scrapes)."""
-        with self._lock:
-            return self._service
-
-    def load(self, loader: Loader, on_ready: Callable[[], None]) -> None:
-        started = time.monotonic()
-        try:
-            service = loader()
-        except BaseException as exc:
-            log.exception("facegate engine failed to load")
-            with self._lock:
-                self._error = exc
-            self.settled.set()
-            return
-        with self._lock:
-            late = self._closed
-            if not late:
-                self._service = service
-        if late:  # the server stopped while we were loading
-            service.close()
-        else:
-            log.info("facegate engine ready in %.1fs", time.monotonic() - started)
-            on_ready()
-        self.settled.set()
-
-    @property
-    def error(self) -> BaseException | None:
-        with self._lock:
-            return self._error
-
-    def close(self) -> None:
-        with self._lock:
-            service, self._service, self._closed = self._service, None, True
-        if service is not None:
-            service.close()
 
 
 class _Servicer:
     """The FaceGate RPCs: parse, convert, call the engine, convert back; nothing more."""
 
-    def __init__(self, slot: _EngineSlot) -> None:
-        self._slot = slot
+    def __init__(self, host: ServiceHost) -> None:
+        self._host = host
 
     def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         table: dict[str, tuple[type[Message], _Handler]] = {
@@ -151,7 +93,7 @@ class _Servicer:
             try:
                 # The auth interceptor hands on a message it already parsed (scope check).
                 request = raw if isinstance(raw, Message) else _parse(request_type, raw)
-                service = self._slot.get()
+                service = self._host.engine()
                 deadline = _deadline(context)
                 # The engine checks this between stages: a call its client abandoned stops
                 # there and gives its max_concurrent_rpcs slot back (service.cancellation).
@@ -262,27 +204,17 @@ def _get_server_info(svc: FaceServicePort, msg: Any, _: float | None) -> Any:
 
 
 class FaceGateServer(grpc.Server):
-    """A ``grpc.Server`` that also owns the engine: loads it after ``start()``, flips health
-    to SERVING when it is ready, and on ``stop()`` goes NOT_SERVING first, lets in-flight
-    RPCs finish within the grace period, then closes the engine."""
+    """A ``grpc.Server`` over a ``service.app.ServiceHost``: ``start()`` starts the host
+    (the engine loads in the background) and flips health to SERVING when it is ready;
+    ``stop()`` goes NOT_SERVING first, lets in-flight RPCs finish within the grace period,
+    then closes the host (engine, metrics endpoint, audit log)."""
 
     def __init__(
-        self,
-        server: grpc.Server,
-        slot: _EngineSlot,
-        health_servicer: health.HealthServicer,
-        loader: Loader | None,
-        *,
-        metrics: ServiceMetrics | None = None,
-        audit_log: AuditLog | None = None,
+        self, server: grpc.Server, host: ServiceHost, health_servicer: health.HealthServicer
     ) -> None:
         self._server = server
-        self._metrics = metrics
-        self._audit_log = audit_log  # closed last (the engine may never have loaded)
-        self.metrics_port: int | None = None  # the Prometheus endpoint's port, once listening
-        self._slot = slot
+        self._host = host
         self._health = health_servicer
-        self._loader = loader
         self._stop_lock = threading.Lock()
         self._terminated: threading.Event | None = None
 
@@ -300,14 +232,7 @@ class FaceGateServer(grpc.Server):
 
     def start(self) -> None:
         self._server.start()
-        if self._loader is not None:
-            loader, self._loader = self._loader, None
-            threading.Thread(
-                target=self._slot.load,
-                args=(loader, self._set_serving),
-                name="facegate-engine-loader",
-                daemon=True,
-            ).start()
+        self._host.start(on_ready=self.set_serving)
 
     def stop(self, grace: float | None = None) -> threading.Event:
         with self._stop_lock:
@@ -317,20 +242,14 @@ class FaceGateServer(grpc.Server):
         self._health.enter_graceful_shutdown()
         stopped = self._server.stop(grace)
 
-        def close_engine() -> None:
+        def close_host() -> None:
             stopped.wait()
             try:
-                self._slot.close()
-            except Exception:
-                log.exception("closing the facegate engine failed")
+                self._host.close()
             finally:
-                if self._metrics is not None:
-                    self._metrics.stop_http()
-                if self._audit_log is not None:
-                    self._audit_log.close()
                 terminated.set()
 
-        threading.Thread(target=close_engine, name="facegate-shutdown", daemon=True).start()
+        threading.Thread(target=close_host, name="facegate-shutdown", daemon=True).start()
         return terminated
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -347,20 +266,20 @@ class FaceGateServer(grpc.Server):
             self._server.wait_for_termination(0.2)
 
     # facegate extras
+    @property
+    def metrics_port(self) -> int | None:
+        """The Prometheus endpoint's port, once listening."""
+        return self._host.metrics_port
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the engine is loaded; False on timeout or if loading failed."""
-        self._slot.settled.wait(timeout)
-        try:
-            self._slot.get()
-        except ServiceNotReady:
-            return False
-        return True
+        return self._host.wait_ready(timeout)
 
     @property
     def load_error(self) -> BaseException | None:
-        return self._slot.error
+        return self._host.load_error
 
-    def _set_serving(self) -> None:
+    def set_serving(self) -> None:
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -407,26 +326,10 @@ def create_server(
     runs after ``start()``. Unless ``[metrics] listen`` is empty, RPCs are counted and timed
     and the Prometheus endpoint listens there (``server.metrics_port``).
     """
-    if service is not None and loader is not None:
-        raise ValueError("pass either service or loader, not both")
-    slot = _EngineSlot()
-    metrics = ServiceMetrics(engine=slot.peek) if parse_listen(settings.metrics.listen) else None
-    # The server's audit log: the auth interceptor records the calls it refuses (they never
-    # reach the engine), the default engine records the rest. An engine passed in ready
-    # (``service``, tests) is audited, if at all, by whoever built it.
-    audit_log = open_audit_log(settings) if service is None else None
-    if service is None and loader is None:
-        # The real engine: imported only when needed (heavy imports; tests pass fakes).
-        build: Callable[..., FaceServicePort] = importlib.import_module(
-            "service.app"
-        ).build_served_service
-
-        def default_loader() -> FaceServicePort:
-            return build(settings, metrics=metrics, audit_log=audit_log)
-
-        loader = default_loader
+    host = ServiceHost(settings, service=service, loader=loader)
+    metrics, audit_log = host.metrics, host.audit_log
     if metrics is not None:  # first: it also counts calls later interceptors refuse
-        interceptors = [metrics.interceptor(), *interceptors]
+        interceptors = [RpcMetricsInterceptor(metrics), *interceptors]
 
     address = _address(settings.listen, port)
     warn_without_liveness(settings)
@@ -451,7 +354,7 @@ def create_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    server.add_generic_rpc_handlers((_Servicer(slot).handlers(),))
+    server.add_generic_rpc_handlers((_Servicer(host).handlers(),))
 
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
@@ -461,11 +364,9 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    wrapper = FaceGateServer(
-        server, slot, health_servicer, loader, metrics=metrics, audit_log=audit_log
-    )
+    wrapper = FaceGateServer(server, host, health_servicer)
     if service is not None:
-        slot.load(lambda: service, wrapper._set_serving)
+        host.start(on_ready=wrapper.set_serving)  # ready at once: SERVING before start()
 
     try:
         if credentials is None:
@@ -476,14 +377,7 @@ def create_server(
         raise OSError(f"cannot listen on {address}: {exc}") from exc
     if bound == 0:
         raise OSError(f"cannot listen on {address}")
-    if metrics is not None:
-        try:
-            wrapper.metrics_port = metrics.serve_http(settings.metrics.listen)
-        except OSError as exc:
-            # Payments matter more than their metrics: serve on, and say so loudly.
-            log.error(
-                "metrics endpoint disabled: cannot listen on %s: %s", settings.metrics.listen, exc
-            )
+    host.serve_metrics()
     return wrapper, bound
 
 

@@ -49,18 +49,6 @@ INTERNAL_REASON = "INTERNAL"
 INTERNAL_MESSAGE = "internal error (details are in the server log)"
 
 
-class ServiceNotReady(errors.FacegateError):
-    """The server is up but its engine (the model pack) is not loaded yet, or failed to."""
-
-    reason = "NOT_READY"
-
-
-class DeadlineExceeded(errors.FacegateError):
-    """The call's deadline passed (the engine itself signals this with ``TimeoutError``)."""
-
-    reason = "DEADLINE_EXCEEDED"
-
-
 class RemoteError(errors.FacegateError):
     """A failed call the client could not map to a known facegate error class."""
 
@@ -95,8 +83,8 @@ _CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DataKeyError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.TemplateUnreadable: grpc.StatusCode.DATA_LOSS,
-    ServiceNotReady: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.ServiceNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.FacegateError: grpc.StatusCode.INTERNAL,
 }
@@ -123,7 +111,7 @@ def status_for(exc: BaseException) -> grpc.Status:
     if isinstance(exc, errors.FacegateError):
         message, reason, metadata = exc.message, exc.reason, exc.metadata
     elif isinstance(exc, TimeoutError):
-        message, reason, metadata = "deadline exceeded", DeadlineExceeded.reason, {}
+        message, reason, metadata = "deadline exceeded", errors.DeadlineExceeded.reason, {}
     else:
         message, reason, metadata = INTERNAL_MESSAGE, INTERNAL_REASON, {}
     return make_status(code, message, reason, metadata)
@@ -196,7 +184,7 @@ def error_from_rpc(err: grpc.RpcError) -> errors.FacegateError:
     info = error_info(err)
     if info is None:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the client's own timeout fired
-            return DeadlineExceeded(message)
+            return errors.DeadlineExceeded(message)
         return RemoteError(message, code=code, reason=code.name)
     metadata = {str(k): str(v) for k, v in info.metadata.items()}
     cls = _BY_REASON.get(str(info.reason))
