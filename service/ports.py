@@ -10,26 +10,13 @@ these: ``service.store.sqlite.SqliteStore`` and ``service.vector_index.local.Loc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from index.results import SearchResult
-from service.domain import (
-    CollectionInfo,
-    CollectionSpec,
-    EnrollRequest,
-    EnrollResult,
-    IdentifyRequest,
-    IdentifyResult,
-    ImportTemplatesRequest,
-    ServerInfo,
-    UserInfo,
-    UserPage,
-    VerifyRequest,
-    VerifyResult,
-)
+from service import domain
 from service.errors import TemplateUnreadable
 from service.store.rows import (
     ChangesSince,
@@ -45,33 +32,37 @@ from service.store.rows import (
 class FaceServicePort(Protocol):
     """The engine's public methods. ``deadline`` is a ``time.monotonic()`` instant."""
 
-    def create_collection(self, spec: CollectionSpec) -> CollectionInfo: ...
+    def create_collection(self, spec: domain.CollectionSpec) -> domain.CollectionInfo: ...
 
     def delete_collection(self, name: str) -> None: ...
 
-    def get_collection(self, name: str) -> CollectionInfo: ...
+    def get_collection(self, name: str) -> domain.CollectionInfo: ...
 
-    def list_collections(self) -> list[CollectionInfo]: ...
+    def list_collections(self) -> list[domain.CollectionInfo]: ...
 
-    def enroll(self, req: EnrollRequest, *, deadline: float | None = None) -> EnrollResult: ...
+    def enroll(
+        self, req: domain.EnrollRequest, *, deadline: float | None = None
+    ) -> domain.EnrollResult: ...
 
     def identify(
-        self, req: IdentifyRequest, *, deadline: float | None = None
-    ) -> IdentifyResult: ...
+        self, req: domain.IdentifyRequest, *, deadline: float | None = None
+    ) -> domain.IdentifyResult: ...
 
-    def verify(self, req: VerifyRequest, *, deadline: float | None = None) -> VerifyResult: ...
+    def verify(
+        self, req: domain.VerifyRequest, *, deadline: float | None = None
+    ) -> domain.VerifyResult: ...
 
     def delete_user(self, collection: str, uid: str) -> int: ...
 
-    def get_user(self, collection: str, uid: str) -> UserInfo: ...
+    def get_user(self, collection: str, uid: str) -> domain.UserInfo: ...
 
     def list_users(
         self, collection: str, *, page_size: int = 100, page_token: str = ""
-    ) -> UserPage: ...
+    ) -> domain.UserPage: ...
 
-    def import_templates(self, req: ImportTemplatesRequest) -> tuple[int, ...]: ...
+    def import_templates(self, req: domain.ImportTemplatesRequest) -> tuple[int, ...]: ...
 
-    def server_info(self) -> ServerInfo: ...
+    def server_info(self) -> domain.ServerInfo: ...
 
     def stats(self) -> dict[str, int]: ...
 
@@ -85,20 +76,7 @@ class FaceStore(Protocol):
     rest; a row that does not open is reported and left out of every answer."""
 
     # collections
-    def create_collection(
-        self,
-        name: str,
-        *,
-        kind: str,
-        threshold: float,
-        margin: float,
-        hint_required_above: int,
-        model_id: str,
-        revocable: bool = False,
-        enroll_quality: Mapping[str, float] | None = None,
-        identify_quality: Mapping[str, float] | None = None,
-        require_liveness: bool | None = None,
-    ) -> CollectionRow: ...
+    def create_collection(self, new: CollectionRow) -> CollectionRow: ...
 
     def delete_collection(self, name: str) -> int: ...
 

@@ -29,6 +29,7 @@ from service.engine.face_service import FaceService
 from service.errors import DuplicateFace, InvalidArgument, LivenessFailed, LowQuality
 from service.pipeline.face_gate import kinds_requiring_liveness, liveness_required
 from service.pipeline.types import DecodedImage
+from service.store.rows import CollectionRow
 from service.store.sqlite import SCHEMA_VERSION, SqliteStore
 from service.vector_index.local import LocalIndexes
 
@@ -264,7 +265,16 @@ def test_a_version_2_store_opens_and_gets_the_new_columns(settings: Settings) ->
     the three policy columns: make one by dropping them from a fresh store."""
     first = SqliteStore(settings.store_path)
     first.create_collection(
-        "pay", kind="PAY", threshold=0.9, margin=0.02, hint_required_above=0, model_id="fake-v1"
+        CollectionRow(
+            0,
+            "pay",
+            kind="PAY",
+            threshold=0.9,
+            margin=0.02,
+            hint_required_above=0,
+            model_id="fake-v1",
+            created_at=0,
+        )
     )
     first.close()
     db = sqlite3.connect(settings.store_path)

@@ -16,7 +16,13 @@ import pytest
 
 from service.engine.phone import PhoneHasher
 from service.errors import CollectionExists, UnknownCollection, UnknownUser
-from service.store.sqlite import SCHEMA_VERSION, NewFace, SqliteStore, StoreVersionError
+from service.store.rows import CollectionRow
+from service.store.sqlite import (
+    SCHEMA_VERSION,
+    NewFace,
+    SqliteStore,
+    StoreVersionError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -40,7 +46,16 @@ def store(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def make_coll(store: SqliteStore, name: str = "c") -> int:
     row = store.create_collection(
-        name, kind="PAY", threshold=0.8, margin=0.05, hint_required_above=10, model_id="m1"
+        CollectionRow(
+            0,
+            name,
+            "PAY",
+            threshold=0.8,
+            margin=0.05,
+            hint_required_above=10,
+            model_id="m1",
+            created_at=0,
+        )
     )
     return row.id
 
@@ -96,7 +111,16 @@ def test_collections_crud(store: SqliteStore) -> None:
         store.delete_collection("a")
     # Re-created: a fresh id (never reused), no users, no change log.
     again = store.create_collection(
-        "a", kind="MEMBER", threshold=0.7, margin=0.0, hint_required_above=0, model_id="m1"
+        CollectionRow(
+            0,
+            "a",
+            kind="MEMBER",
+            threshold=0.7,
+            margin=0.0,
+            hint_required_above=0,
+            model_id="m1",
+            created_at=0,
+        )
     )
     assert again.id > cid
     assert store.count_users("a") == 0 and store.count_faces("a") == 0
@@ -241,10 +265,11 @@ _WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
+    from service.store.rows import CollectionRow
     from service.store.sqlite import NewFace, SqliteStore
     s = SqliteStore(sys.argv[1])
-    s.create_collection("c", kind="PAY", threshold=0.8, margin=0.05,
-                        hint_required_above=0, model_id="m1")
+    s.create_collection(CollectionRow(0, "c", kind="PAY", threshold=0.8, margin=0.05,
+                        hint_required_above=0, model_id="m1", created_at=0))
     i = 0
     while True:
         v = np.ones(8, np.float32) / np.sqrt(8)

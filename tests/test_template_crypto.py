@@ -25,6 +25,7 @@ from service.crypto.data_keys import (
 from service.crypto.snapshot_cipher import PlaintextSnapshot, SnapshotCipher
 from service.crypto.template_crypto import TemplateCipher
 from service.errors import DataKeyError, TemplateUnreadable
+from service.store.rows import CollectionRow
 from service.store.sqlite import SCHEMA_VERSION, NewFace, SqliteStore
 from service.store.sqlite_db import StoreInUse
 
@@ -51,7 +52,16 @@ def open_store(path: Path, *keys: DataKey) -> SqliteStore:
 
 def enrol_three(store: SqliteStore) -> list[int]:
     store.create_collection(
-        "c", kind="PAY", threshold=0.8, margin=0.05, hint_required_above=0, model_id="m1"
+        CollectionRow(
+            0,
+            "c",
+            kind="PAY",
+            threshold=0.8,
+            margin=0.05,
+            hint_required_above=0,
+            model_id="m1",
+            created_at=0,
+        )
     )
     ids = []
     for i, uid in enumerate(("alice", "bob", "carol")):
@@ -226,9 +236,7 @@ def make_v1_store(path: Path, n: int) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(_V1_SCHEMA)
     with conn:
-        conn.execute(
-            "INSERT INTO collections VALUES (1, 'c', 'PAY', 0.8, 0.05, 0, 'm1', 0)"
-        )
+        conn.execute("INSERT INTO collections VALUES (1, 'c', 'PAY', 0.8, 0.05, 0, 'm1', 0)")
         for i in range(n):
             conn.execute("INSERT INTO users VALUES ('c', ?, '{}', NULL, NULL, 0, 0)", (f"u{i}",))
             conn.execute(

@@ -225,8 +225,9 @@ class FaceService:
         # Refuse inconsistent limits (min above max) before anything is stored.
         collection_policies(self._quality, spec.enroll_quality, spec.identify_quality)
         with self._registry_lock:
-            row = self._store.create_collection(
-                spec.name,
+            new = CollectionRow(
+                id=0,  # the store assigns id and created_at
+                name=spec.name,
                 kind=spec.kind.value,
                 threshold=float(
                     spec.threshold
@@ -242,11 +243,13 @@ class FaceService:
                     )
                 ),
                 model_id=self._model_id,
-                revocable=spec.revocable,
+                created_at=0.0,
+                transform_gen=1 if spec.revocable else 0,
                 enroll_quality=spec.enroll_quality.items(),
                 identify_quality=spec.identify_quality.items(),
                 require_liveness=spec.require_liveness,
             )
+            row = self._store.create_collection(new)
             coll = self._with_gates(row, self.indexes.create(row))
             self._collections[row.name] = coll
         return self._info(coll)

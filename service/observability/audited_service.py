@@ -17,22 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from service import domain
 from service.access.principal import current_principal
-from service.domain import (
-    CollectionInfo,
-    CollectionSpec,
-    Decision,
-    EnrollRequest,
-    EnrollResult,
-    IdentifyRequest,
-    IdentifyResult,
-    ImportTemplatesRequest,
-    ServerInfo,
-    UserInfo,
-    UserPage,
-    VerifyRequest,
-    VerifyResult,
-)
 from service.errors import FacegateError
 from service.observability import audit
 from service.observability.audit import AuditEvent, AuditLog, AuditSink
@@ -113,7 +99,7 @@ class AuditedService:
 
     # ------------------------------------------------------------ collections
 
-    def create_collection(self, spec: CollectionSpec) -> CollectionInfo:
+    def create_collection(self, spec: domain.CollectionSpec) -> domain.CollectionInfo:
         return self._run(
             audit.CREATE_COLLECTION,
             lambda: self._inner.create_collection(spec),
@@ -125,16 +111,18 @@ class AuditedService:
             audit.DELETE_COLLECTION, lambda: self._inner.delete_collection(name), collection=name
         )
 
-    def get_collection(self, name: str) -> CollectionInfo:
+    def get_collection(self, name: str) -> domain.CollectionInfo:
         return self._inner.get_collection(name)
 
-    def list_collections(self) -> list[CollectionInfo]:
+    def list_collections(self) -> list[domain.CollectionInfo]:
         return self._inner.list_collections()
 
     # ------------------------------------------------------------------ faces
 
-    def enroll(self, req: EnrollRequest, *, deadline: float | None = None) -> EnrollResult:
-        def describe(r: EnrollResult) -> dict[str, Any]:
+    def enroll(
+        self, req: domain.EnrollRequest, *, deadline: float | None = None
+    ) -> domain.EnrollResult:
+        def describe(r: domain.EnrollResult) -> dict[str, Any]:
             return {"decision": "CREATED" if r.created else "UPDATED", "count": len(r.face_ids)}
 
         return self._run(
@@ -145,10 +133,12 @@ class AuditedService:
             describe=describe,
         )
 
-    def identify(self, req: IdentifyRequest, *, deadline: float | None = None) -> IdentifyResult:
-        def describe(r: IdentifyResult) -> dict[str, Any]:
+    def identify(
+        self, req: domain.IdentifyRequest, *, deadline: float | None = None
+    ) -> domain.IdentifyResult:
+        def describe(r: domain.IdentifyResult) -> dict[str, Any]:
             # Only a MATCH names a user; candidates of other decisions are other people.
-            matched = r.uid if r.decision is Decision.MATCH else None
+            matched = r.uid if r.decision is domain.Decision.MATCH else None
             return {"decision": r.decision.value, "uid": matched, "score": r.score}
 
         return self._run(
@@ -159,8 +149,10 @@ class AuditedService:
             hinted=bool(req.hint),
         )
 
-    def verify(self, req: VerifyRequest, *, deadline: float | None = None) -> VerifyResult:
-        def describe(r: VerifyResult) -> dict[str, Any]:
+    def verify(
+        self, req: domain.VerifyRequest, *, deadline: float | None = None
+    ) -> domain.VerifyResult:
+        def describe(r: domain.VerifyResult) -> dict[str, Any]:
             return {"decision": "MATCH" if r.match else "NO_MATCH", "score": r.score}
 
         return self._run(
@@ -182,7 +174,7 @@ class AuditedService:
             describe=lambda n: {"count": n},
         )
 
-    def get_user(self, collection: str, uid: str) -> UserInfo:
+    def get_user(self, collection: str, uid: str) -> domain.UserInfo:
         return self._run(
             audit.GET_USER,
             lambda: self._inner.get_user(collection, uid),
@@ -192,7 +184,7 @@ class AuditedService:
 
     def list_users(
         self, collection: str, *, page_size: int = 100, page_token: str = ""
-    ) -> UserPage:
+    ) -> domain.UserPage:
         return self._run(
             audit.LIST_USERS,
             lambda: self._inner.list_users(collection, page_size=page_size, page_token=page_token),
@@ -200,7 +192,7 @@ class AuditedService:
             describe=lambda page: {"count": len(page.users)},
         )
 
-    def import_templates(self, req: ImportTemplatesRequest) -> tuple[int, ...]:
+    def import_templates(self, req: domain.ImportTemplatesRequest) -> tuple[int, ...]:
         return self._run(
             audit.IMPORT_TEMPLATES,
             lambda: self._inner.import_templates(req),
@@ -210,7 +202,7 @@ class AuditedService:
 
     # ------------------------------------------------------------- operations
 
-    def server_info(self) -> ServerInfo:
+    def server_info(self) -> domain.ServerInfo:
         return self._inner.server_info()
 
     def stats(self) -> dict[str, int]:

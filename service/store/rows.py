@@ -10,6 +10,9 @@ from service.pipeline.types import FloatArray
 
 @dataclass(frozen=True, slots=True)
 class CollectionRow:
+    """A collection as stored. To create one, the engine passes a row with ``id`` 0 and the
+    store returns it with its id and creation time."""
+
     id: int  # never reused: names a collection's snapshot and change log
     name: str
     kind: str

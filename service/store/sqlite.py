@@ -18,6 +18,7 @@ matched against.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -230,70 +231,32 @@ class SqliteStore:
 
     # --------------------------------------------------------------- collections
 
-    def create_collection(
-        self,
-        name: str,
-        *,
-        kind: str,
-        threshold: float,
-        margin: float,
-        hint_required_above: int,
-        model_id: str,
-        revocable: bool = False,
-        enroll_quality: Mapping[str, float] | None = None,
-        identify_quality: Mapping[str, float] | None = None,
-        require_liveness: bool | None = None,
-    ) -> CollectionRow:
-        """``revocable``: templates go through the collection's secret transform, whose
+    def create_collection(self, new: CollectionRow) -> CollectionRow:
+        """Insert ``new`` (its id and created_at are assigned here). A ``transform_gen`` of 1
+        makes it revocable: templates go through the collection's secret transform, whose
         generation 1 salt is drawn here (see ``service.crypto.template_transform``)."""
-        now = time.time()
-        gen = 1 if revocable else 0
-        enroll_q = dict(enroll_quality or {})
-        identify_q = dict(identify_quality or {})
+        if new.transform_gen not in (0, 1):
+            raise ValueError("a new collection starts at transform generation 0 or 1")
+        row = dataclasses.replace(new, created_at=time.time())
         try:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO collections (name, kind, threshold, margin, hint_required_above,"
                     " model_id, created_at, transform_gen, enroll_quality, identify_quality,"
                     " require_liveness) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        name,
-                        kind,
-                        threshold,
-                        margin,
-                        hint_required_above,
-                        model_id,
-                        now,
-                        gen,
-                        json.dumps(enroll_q, sort_keys=True),
-                        json.dumps(identify_q, sort_keys=True),
-                        None if require_liveness is None else int(require_liveness),
-                    ),
+                    _collection_values(row),
                 )
                 cid = int(cur.lastrowid or 0)
-                if revocable:
+                if row.transform_gen:
                     db.execute(
                         "INSERT INTO transform_keys VALUES (?, ?, ?)",
-                        (cid, gen, os.urandom(SALT_BYTES)),
+                        (cid, row.transform_gen, os.urandom(SALT_BYTES)),
                     )
         except sqlite3.IntegrityError as exc:
             raise CollectionExists(
-                f"collection {name!r} already exists", metadata={"collection": name}
+                f"collection {new.name!r} already exists", metadata={"collection": new.name}
             ) from exc
-        return CollectionRow(
-            cid,
-            name,
-            kind,
-            threshold,
-            margin,
-            hint_required_above,
-            model_id,
-            now,
-            gen,
-            enroll_quality=enroll_q,
-            identify_quality=identify_q,
-            require_liveness=require_liveness,
-        )
+        return dataclasses.replace(row, id=cid)
 
     def delete_collection(self, name: str) -> int:
         """Delete the collection with its users, faces and change log. Returns faces removed."""
@@ -351,12 +314,7 @@ class SqliteStore:
         """
         now = time.time()
         with self._tx() as db:
-            coll = db.execute(
-                "SELECT id, transform_gen FROM collections WHERE name = ?", (collection,)
-            ).fetchone()
-            if coll is None:
-                raise _unknown_collection(collection)
-            cid, gen = int(coll[0]), int(coll[1])
+            cid, gen = _collection_key(db, collection)
             user = db.execute(
                 "SELECT phone_hash, phone_bucket FROM users WHERE collection = ? AND uid = ?",
                 (collection, uid),
@@ -367,19 +325,7 @@ class SqliteStore:
             removed: list[int] = []
             if created:
                 bucket = phone[1] if phone is not None else None
-                db.execute(
-                    "INSERT INTO users (collection, uid, metadata, phone_hash, phone_bucket,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        collection,
-                        uid,
-                        json.dumps(metadata or {}, sort_keys=True),
-                        phone[0] if phone is not None else None,
-                        bucket,
-                        now,
-                        now,
-                    ),
-                )
+                db.execute(_USER_INSERT, _user_values(collection, uid, metadata or {}, phone, now))
             else:
                 bucket = user[1]
                 if metadata is not None:
@@ -431,12 +377,7 @@ class SqliteStore:
         """
         now = time.time()
         with self._tx() as db:
-            coll = db.execute(
-                "SELECT id, transform_gen FROM collections WHERE name = ?", (collection,)
-            ).fetchone()
-            if coll is None:
-                raise _unknown_collection(collection)
-            cid, gen = int(coll[0]), int(coll[1])
+            cid, gen = _collection_key(db, collection)
             uids = [u.uid for u in users]
             for start in range(0, len(uids), 500):  # SQLite's bound-parameter limit
                 chunk = uids[start : start + 500]
@@ -452,20 +393,8 @@ class SqliteStore:
                         metadata={"uid": str(taken[0]), "collection": collection},
                     )
             db.executemany(
-                "INSERT INTO users (collection, uid, metadata, phone_hash, phone_bucket,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        collection,
-                        u.uid,
-                        json.dumps(dict(u.metadata), sort_keys=True),
-                        u.phone[0] if u.phone is not None else None,
-                        u.phone[1] if u.phone is not None else None,
-                        now,
-                        now,
-                    )
-                    for u in users
-                ],
+                _USER_INSERT,
+                [_user_values(collection, u.uid, u.metadata, u.phone, now) for u in users],
             )
             # Batched inserts (one statement each for faces and the change log) keep a
             # 10,000-template import to a fraction of a second. AUTOINCREMENT ids only grow and
@@ -694,6 +623,24 @@ _COLLECTION_SELECT = (
 )
 
 
+def _collection_values(row: CollectionRow) -> tuple[object, ...]:
+    """The row's columns after ``id``, in ``_COLLECTION_SELECT`` order."""
+    liveness = row.require_liveness
+    return (
+        row.name,
+        row.kind,
+        row.threshold,
+        row.margin,
+        row.hint_required_above,
+        row.model_id,
+        row.created_at,
+        row.transform_gen,
+        json.dumps(dict(row.enroll_quality), sort_keys=True),
+        json.dumps(dict(row.identify_quality), sort_keys=True),
+        None if liveness is None else int(liveness),
+    )
+
+
 def _collection_row(r: tuple[Any, ...]) -> CollectionRow:
     cid, name, kind, threshold, margin, hint_required_above, model_id, created_at, gen = r[:9]
     return CollectionRow(
@@ -722,6 +669,34 @@ _USER_SELECT = (
     " u.updated_at, (SELECT count(*) FROM faces f WHERE f.collection = u.collection"
     " AND f.uid = u.uid) FROM users u"
 )
+
+
+_USER_INSERT = (
+    "INSERT INTO users (collection, uid, metadata, phone_hash, phone_bucket, created_at,"
+    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _user_values(
+    collection: str,
+    uid: str,
+    metadata: Mapping[str, str],
+    phone: tuple[str, str] | None,
+    now: float,
+) -> tuple[object, ...]:
+    """A new user's ``_USER_INSERT`` parameters; ``phone`` is (number hash, bucket)."""
+    hashed, bucket = phone if phone is not None else (None, None)
+    return (collection, uid, json.dumps(dict(metadata), sort_keys=True), hashed, bucket, now, now)
+
+
+def _collection_key(db: sqlite3.Connection, collection: str) -> tuple[int, int]:
+    """(id, transform generation) of the collection, inside a write transaction."""
+    row = db.execute(
+        "SELECT id, transform_gen FROM collections WHERE name = ?", (collection,)
+    ).fetchone()
+    if row is None:
+        raise _unknown_collection(collection)
+    return int(row[0]), int(row[1])
 
 
 def _face_sequence(db: sqlite3.Connection) -> int:

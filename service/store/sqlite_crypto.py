@@ -149,16 +149,32 @@ class CryptoPasses:
 
     def reseal_all(self, *, progress: Callable[[int], None] | None = None) -> PassReport:
         """Re-seal every template not under the primary key with the primary key."""
-        target = self._templates.cipher.primary_key_id
+        return self._rewrite(
+            "key_id IS NULL OR key_id != ?",
+            (self._templates.cipher.primary_key_id,),
+            lambda label, template: (template, label),
+            progress,
+        )
+
+    def _rewrite(
+        self,
+        where: str,
+        params: tuple[object, ...],
+        rewrite: Callable[[TemplateLabel, FloatArray], tuple[FloatArray, TemplateLabel]],
+        progress: Callable[[int], None] | None = None,
+    ) -> PassReport:
+        """Open, rewrite and re-seal (under the primary key) every template of the rows
+        matching ``where``, in face-id order, ``BATCH`` rows per transaction. ``rewrite``
+        returns the template and the label it is sealed under (a new transform generation,
+        or the same). Rows that do not open are reported and left as they are."""
         report = PassReport()
         last = 0
         while True:
             with self._db.transaction() as db:
                 rows = db.execute(
                     "SELECT face_id, collection, uid, model_id, template, transform_gen, key_id"
-                    " FROM faces WHERE face_id > ? AND (key_id IS NULL OR key_id != ?)"
-                    " ORDER BY face_id LIMIT ?",
-                    (last, target, BATCH),
+                    f" FROM faces WHERE face_id > ? AND ({where}) ORDER BY face_id LIMIT ?",
+                    (last, *params, BATCH),
                 ).fetchall()
                 if not rows:
                     break
@@ -169,10 +185,13 @@ class CryptoPasses:
                     if template is None:
                         report.unreadable.append(label.face_id)
                         continue
-                    new_key, sealed = self._templates.seal(template, label)
-                    updates.append((sealed, new_key, label.face_id))
+                    new_template, new_label = rewrite(label, template)
+                    new_key, sealed = self._templates.seal(new_template, new_label)
+                    updates.append((sealed, new_key, new_label.transform_gen, label.face_id))
                 db.executemany(
-                    "UPDATE faces SET template = ?, key_id = ? WHERE face_id = ?", updates
+                    "UPDATE faces SET template = ?, key_id = ?, transform_gen = ?"
+                    " WHERE face_id = ?",
+                    updates,
                 )
                 report.resealed += len(updates)
                 last = int(rows[-1][0])
@@ -219,39 +238,16 @@ class CryptoPasses:
     ) -> PassReport:
         """Re-issue every template of ``row`` made under an older generation:
         ``reissue(old_generation, templates)`` returns them under the current one."""
-        report = PassReport()
-        last = 0
         target = row.transform_gen
-        while True:
-            with self._db.transaction() as db:
-                rows = db.execute(
-                    "SELECT face_id, uid, model_id, template, transform_gen, key_id FROM faces"
-                    " WHERE collection = ? AND transform_gen != ? AND face_id > ?"
-                    " ORDER BY face_id LIMIT ?",
-                    (row.name, target, last, BATCH),
-                ).fetchall()
-                if not rows:
-                    break
-                updates = []
-                for fid, uid, model, blob, gen, key_id in rows:
-                    old = TemplateLabel(int(fid), row.name, str(uid), str(model), int(gen))
-                    template = self._templates.open(key_id, blob, old)
-                    if template is None:
-                        report.unreadable.append(old.face_id)
-                        continue
-                    new = TemplateLabel(old.face_id, row.name, old.uid, old.model_id, target)
-                    new_key, sealed = self._templates.seal(
-                        reissue(old.transform_gen, template), new
-                    )
-                    updates.append((sealed, new_key, target, old.face_id))
-                db.executemany(
-                    "UPDATE faces SET template = ?, key_id = ?, transform_gen = ?"
-                    " WHERE face_id = ?",
-                    updates,
-                )
-                report.resealed += len(updates)
-                last = int(rows[-1][0])
-        return report
+
+        def to_current(
+            label: TemplateLabel, template: FloatArray
+        ) -> tuple[FloatArray, TemplateLabel]:
+            return reissue(label.transform_gen, template), replace(label, transform_gen=target)
+
+        return self._rewrite(
+            "collection = ? AND transform_gen != ?", (row.name, target), to_current
+        )
 
     def forget_old_generations(self, row: CollectionRow) -> int:
         """Delete the salts of generations no template uses any more: from then on not even
