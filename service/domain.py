@@ -80,6 +80,26 @@ class CollectionSpec:
     # None = the server's rule for the kind ([liveness] require_for); True/False = this
     # collection requires liveness, or does not.
     require_liveness: bool | None = None
+    # MATCH answers carry the user's Enroll metadata (never the phone). Off: it may be
+    # personal, and a terminal should get it only where the operator chose to.
+    identify_returns_metadata: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionUpdate:
+    """Changes to a collection's tunables; None = keep. Quality limits, when given, replace
+    the collection's own limits; ``reset_require_liveness`` goes back to the server's rule
+    for the kind."""
+
+    name: str
+    threshold: float | None = None
+    margin: float | None = None
+    hint_required_above: int | None = None
+    enroll_quality: QualityLimits | None = None
+    identify_quality: QualityLimits | None = None
+    require_liveness: bool | None = None
+    reset_require_liveness: bool = False
+    identify_returns_metadata: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +126,7 @@ class CollectionInfo:
     # Whether this server checks liveness on this collection's faces now: required by the
     # collection or its kind AND a liveness model is configured.
     liveness_active: bool = False
+    identify_returns_metadata: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +172,8 @@ class IdentifyResult:
     threshold: float
     probe_token: str | None = None
     probe_token_ttl_s: float = 0.0
+    # The matched user's Enroll metadata, where the collection opted in (MATCH only).
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ bytes are "a face" identified by their content, so enrolling ``b"alice"`` and id
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from service.domain import (
     Candidate,
     CollectionInfo,
     CollectionSpec,
+    CollectionUpdate,
     Decision,
     EnrollRequest,
     EnrollResult,
@@ -137,6 +139,16 @@ class FakeFaceService:
             raise CollectionExists(f"collection {spec.name!r} exists")
         self.collections[spec.name] = _Collection(spec, created_at=1_700_000_000.5)
         return self._info(self.collections[spec.name])
+
+    def update_collection(self, change: CollectionUpdate) -> CollectionInfo:
+        self._check()
+        c = self._collection(change.name)
+        c.spec = dataclasses.replace(
+            c.spec,
+            threshold=c.spec.threshold if change.threshold is None else change.threshold,
+            margin=c.spec.margin if change.margin is None else change.margin,
+        )
+        return self._info(c)
 
     def delete_collection(self, name: str) -> None:
         self._check()

@@ -190,6 +190,7 @@ ALLOWED = {
 REQUESTS: dict[str, Message] = {
     "CreateCollection": pb.CreateCollectionRequest(name="extra"),
     "DeleteCollection": pb.DeleteCollectionRequest(name="cafe"),
+    "UpdateCollection": pb.UpdateCollectionRequest(name="shop", threshold=0.5),
     "GetCollection": pb.GetCollectionRequest(name="shop"),
     "ListCollections": pb.ListCollectionsRequest(),
     "Enroll": pb.EnrollRequest(collection="shop", uid="u", images=[b"alice"]),

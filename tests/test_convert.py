@@ -3,6 +3,7 @@ domain -> protobuf -> wire bytes -> protobuf -> domain unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ from service.domain import (
     CollectionInfo,
     CollectionKind,
     CollectionSpec,
+    CollectionUpdate,
     Decision,
     EnrollRequest,
     EnrollResult,
@@ -130,8 +132,26 @@ SAMPLES: dict[str, list[Any]] = {
             require_liveness=True,
         ),
         CollectionSpec(name="c", kind=CollectionKind.PAY, require_liveness=False),
+        CollectionSpec(name="c", identify_returns_metadata=True),
     ],
-    "facegate.v1.Collection": [INFO, INFO_WITH_POLICIES],
+    "facegate.v1.UpdateCollectionRequest": [
+        CollectionUpdate(name="c"),
+        CollectionUpdate(name="c", threshold=0.0, margin=0.0, hint_required_above=0),
+        CollectionUpdate(
+            name="c",
+            threshold=0.71,
+            enroll_quality=LIMITS,
+            identify_quality=QualityLimits(),  # set but empty: clears the own limits
+            require_liveness=False,
+            identify_returns_metadata=False,
+        ),
+        CollectionUpdate(name="c", reset_require_liveness=True, identify_returns_metadata=True),
+    ],
+    "facegate.v1.Collection": [
+        INFO,
+        INFO_WITH_POLICIES,
+        dataclasses.replace(INFO, identify_returns_metadata=True),
+    ],
     "facegate.v1.DeleteCollectionRequest": ["shop-1"],
     "facegate.v1.DeleteCollectionResponse": [None],
     "facegate.v1.GetCollectionRequest": ["shop-1"],
@@ -167,6 +187,9 @@ SAMPLES: dict[str, list[Any]] = {
             candidates=(Candidate("u-1", 0.93), Candidate("u-2", 0.41)),
             face=BOX,
             threshold=0.6,
+        ),
+        IdentifyResult(
+            Decision.MATCH, "u-1", 0.9, (), BOX, 0.6, metadata={"tier": "gold", "name": "Ann"}
         ),
         IdentifyResult(
             decision=Decision.NEED_HINT,

@@ -261,8 +261,9 @@ def test_a_version_1_store_opens_and_gets_the_new_columns(
 
 
 def test_a_version_2_store_opens_and_gets_the_new_columns(settings: Settings) -> None:
-    """Schema 2 (templates sealed at rest, before per-collection limits) is schema 3 without
-    the three policy columns: make one by dropping them from a fresh store."""
+    """Schema 2 (templates sealed at rest, before per-collection limits) is today's schema
+    without the policy columns of versions 3 and 4: make one by dropping them from a fresh
+    store, then open it (2 -> 3 -> 4)."""
     first = SqliteStore(settings.store_path)
     first.create_collection(
         CollectionRow(
@@ -278,7 +279,12 @@ def test_a_version_2_store_opens_and_gets_the_new_columns(settings: Settings) ->
     )
     first.close()
     db = sqlite3.connect(settings.store_path)
-    for column in ("enroll_quality", "identify_quality", "require_liveness"):
+    for column in (
+        "enroll_quality",
+        "identify_quality",
+        "require_liveness",
+        "identify_returns_metadata",
+    ):
         db.execute(f"ALTER TABLE collections DROP COLUMN {column}")
     db.execute("PRAGMA user_version = 2")
     db.commit()
@@ -287,6 +293,7 @@ def test_a_version_2_store_opens_and_gets_the_new_columns(settings: Settings) ->
     try:
         info = svc.get_collection("pay")
         assert info.enroll_quality == QualityPolicy.enroll() and info.require_liveness is None
+        assert info.identify_returns_metadata is False
         svc.enroll(EnrollRequest("pay", "a", [face_png(1)]))
     finally:
         svc.close()

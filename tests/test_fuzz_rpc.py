@@ -319,6 +319,9 @@ def _request_seeds() -> dict[str, Message]:
             name="fz", threshold=0.9, margin=0.02, hint_required_above=10
         ),
         "DeleteCollection": pb.DeleteCollectionRequest(name="scratch"),
+        "UpdateCollection": pb.UpdateCollectionRequest(
+            name="fz", threshold=0.8, identify_returns_metadata=True
+        ),
         "GetCollection": pb.GetCollectionRequest(name=SHOP),
         "ListCollections": pb.ListCollectionsRequest(),
         "GetServerInfo": pb.GetServerInfoRequest(),
@@ -441,8 +444,8 @@ def arbitrary_requests(draw: st.DrawFn) -> tuple[str, bytes]:
     method = draw(st.sampled_from(sorted(REQUEST_SEEDS)))
     msg = type(REQUEST_SEEDS[method])()
     _fill(draw, msg)
-    if method == "DeleteCollection" and msg.name == SHOP:
-        msg.name = "scratch"  # keep the shared collection: other examples need it
+    if method in ("DeleteCollection", "UpdateCollection") and msg.name == SHOP:
+        msg.name = "scratch"  # keep the shared collection as it is: other examples need it
     return method, msg.SerializeToString()
 
 

@@ -10,24 +10,26 @@ unreadable input file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import enum
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from service.cli.keys import add_client_options, connection_options
+from service.cli import collections
+from service.cli.keys import add_client_options
+from service.cli.remote import (
+    EXIT_OK,
+    EXIT_REMOTE,
+    EXIT_USAGE,
+    UsageError,
+    connect,
+    print_json,
+)
 from service.config import load_settings
 from service.domain import (
-    CollectionInfo,
-    CollectionKind,
-    CollectionSpec,
     Decision,
     EnrollRequest,
     FaceBox,
@@ -36,10 +38,9 @@ from service.domain import (
     UserInfo,
     VerifyRequest,
 )
-from service.errors import FacegateError, InvalidArgument
-from service.transport.client import DEFAULT_TARGET, FaceGateClient
+from service.errors import FacegateError
+from service.transport.client import DEFAULT_TARGET
 
-EXIT_OK, EXIT_REMOTE, EXIT_USAGE = 0, 1, 2
 # Subcommands other modules add (``register(subparsers)``), when they are installed.
 PLUGIN_MODULES = (
     "service.cli.models",
@@ -52,31 +53,7 @@ PLUGIN_MODULES = (
 Command = Callable[[argparse.Namespace], int]
 
 
-class UsageError(Exception):
-    """Bad invocation found after parsing (e.g. an image file that cannot be read)."""
-
-
 # ---------------------------------------------------------------- output helpers
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return None  # never echo image bytes
-    if hasattr(value, "items"):  # other mappings (metadata)
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(_jsonable(value), sort_keys=True))
 
 
 def _box(box: FaceBox | None) -> str:
@@ -92,27 +69,11 @@ def _read_image(path: Path) -> bytes:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _collection_line(info: CollectionInfo) -> str:
-    return (
-        f"{info.name}  kind={info.kind.value}  users={info.user_count}  faces={info.face_count}"
-        f"  threshold={info.threshold:.3f}  margin={info.margin:.3f}"
-        f"  hint_above={info.hint_required_above or '-'}  model={info.model_id}"
-    )
-
-
 def _user_line(user: UserInfo) -> str:
     meta = ",".join(f"{k}={v}" for k, v in sorted(user.metadata.items()))
     return f"{user.uid}  faces={user.face_count}  phone={'yes' if user.has_phone else 'no'}" + (
         f"  {meta}" if meta else ""
     )
-
-
-def _client(args: argparse.Namespace) -> FaceGateClient:
-    try:
-        security = connection_options(args)  # API key and TLS flags
-    except InvalidArgument as exc:
-        raise UsageError(exc.message) from exc
-    return FaceGateClient(args.target, timeout=args.timeout, **security)
 
 
 # ---------------------------------------------------------------- commands
@@ -131,57 +92,6 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. the port is taken
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REMOTE
-    return EXIT_OK
-
-
-def _collections_create(args: argparse.Namespace) -> int:
-    spec = CollectionSpec(
-        name=args.name,
-        kind=CollectionKind(args.kind.upper()),
-        threshold=args.threshold,
-        margin=args.margin,
-        hint_required_above=args.hint_required_above,
-        revocable=args.revocable,
-    )
-    with _client(args) as client:
-        info = client.create_collection(spec)
-    if args.json:
-        _print_json(info)
-    else:
-        print(f"created {_collection_line(info)}")
-    return EXIT_OK
-
-
-def _collections_delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        client.delete_collection(args.name)
-    if args.json:
-        _print_json({"deleted": args.name})
-    else:
-        print(f"deleted collection {args.name}")
-    return EXIT_OK
-
-
-def _collections_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        infos = client.list_collections()
-    if args.json:
-        _print_json({"collections": infos})
-    else:
-        for info in infos:
-            print(_collection_line(info))
-        if not infos:
-            print("no collections")
-    return EXIT_OK
-
-
-def _collections_get(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        info = client.get_collection(args.name)
-    if args.json:
-        _print_json(info)
-    else:
-        print(_collection_line(info))
     return EXIT_OK
 
 
@@ -204,10 +114,10 @@ def _enroll(args: argparse.Namespace) -> int:
         metadata=_parse_metadata(args.meta),
         allow_duplicate=args.allow_duplicate,
     )
-    with _client(args) as client:
+    with connect(args) as client:
         result = client.enroll(request)
     if args.json:
-        _print_json(result)
+        print_json(result)
         return EXIT_OK
     state = "new user" if result.created else "existing user"
     print(f"enrolled {result.uid} ({state}): {len(result.face_ids)} face(s)")
@@ -244,10 +154,10 @@ def _identify(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         probe_token=args.probe_token,
     )
-    with _client(args) as client:
+    with connect(args) as client:
         result = client.identify(request)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print("\n".join(_identify_text(result)))
     return EXIT_OK
@@ -255,10 +165,10 @@ def _identify(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     request = VerifyRequest(collection=args.collection, uid=args.uid, image=_read_image(args.image))
-    with _client(args) as client:
+    with connect(args) as client:
         result = client.verify(request)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         verdict = "SAME PERSON" if result.match else "DIFFERENT PERSON"
         print(
@@ -269,23 +179,23 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         faces = client.delete_user(args.collection, args.uid)
     if args.json:
-        _print_json({"uid": args.uid, "faces_deleted": faces})
+        print_json({"uid": args.uid, "faces_deleted": faces})
     else:
         print(f"deleted {args.uid} ({faces} face(s))")
     return EXIT_OK
 
 
 def _users(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         if args.uid is not None:
             users = [client.get_user(args.collection, args.uid)]
         else:
             users = list(client.iter_users(args.collection, page_size=args.page_size))
     if args.json:
-        _print_json({"users": users})
+        print_json({"users": users})
     else:
         for user in users:
             print(_user_line(user))
@@ -327,31 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts.add_argument("--json", action="store_true", help="print one JSON document")
     add_client_options(client_opts)
 
-    coll = sub.add_parser("collections", help="create, delete, list collections")
-    coll_sub = coll.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = coll_sub.add_parser("create", parents=[client_opts], help="create a collection")
-    create.add_argument("name")
-    create.add_argument("--kind", choices=["pay", "member"], default="member")
-    create.add_argument("--threshold", type=float, help="default: the model pack's")
-    create.add_argument("--margin", type=float, help="default: the model pack's")
-    create.add_argument(
-        "--hint-required-above", type=int, help="users above which Identify needs a hint"
-    )
-    create.add_argument(
-        "--revocable",
-        action="store_true",
-        help="store templates under a secret per-collection transform that can be re-issued",
-    )
-    create.set_defaults(func=_collections_create)
-    delete = coll_sub.add_parser("delete", parents=[client_opts], help="delete a collection")
-    delete.add_argument("name")
-    delete.set_defaults(func=_collections_delete)
-    coll_sub.add_parser("list", parents=[client_opts], help="list collections").set_defaults(
-        func=_collections_list
-    )
-    get = coll_sub.add_parser("get", parents=[client_opts], help="show one collection")
-    get.add_argument("name")
-    get.set_defaults(func=_collections_get)
+    collections.register(sub, client_opts)
 
     enroll = sub.add_parser("enroll", parents=[client_opts], help="enroll face photos")
     enroll.add_argument("--collection", required=True)

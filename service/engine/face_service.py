@@ -26,14 +26,16 @@ cosine scores are unchanged, stored templates are useless without the collection
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import importlib.metadata
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -47,6 +49,7 @@ from service.domain import (
     CollectionInfo,
     CollectionKind,
     CollectionSpec,
+    CollectionUpdate,
     Decision,
     EnrollRequest,
     EnrollResult,
@@ -103,6 +106,7 @@ from service.store.rows import CollectionRow, ImportedUser, UserRow
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes, DecodeLimits], DecodedImage]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -248,10 +252,48 @@ class FaceService:
                 enroll_quality=spec.enroll_quality.items(),
                 identify_quality=spec.identify_quality.items(),
                 require_liveness=spec.require_liveness,
+                identify_returns_metadata=spec.identify_returns_metadata,
             )
             row = self._store.create_collection(new)
             coll = self._with_gates(row, self.indexes.create(row))
             self._collections[row.name] = coll
+        return self._info(coll)
+
+    def update_collection(self, change: CollectionUpdate) -> CollectionInfo:
+        """Change a collection's tunables, checked like ``create_collection``; calls in
+        flight finish under the old values, later ones see the new."""
+        change = checks.collection_update(change)
+        coll = self._collection(change.name)
+        with coll.lock:
+            row = coll.row
+            liveness = row.require_liveness
+            if change.reset_require_liveness:
+                liveness = None
+            elif change.require_liveness is not None:
+                liveness = change.require_liveness
+            new = dataclasses.replace(
+                row,
+                threshold=_given(change.threshold, row.threshold),
+                margin=_given(change.margin, row.margin),
+                hint_required_above=_given(change.hint_required_above, row.hint_required_above),
+                enroll_quality=_limits(change.enroll_quality, row.enroll_quality),
+                identify_quality=_limits(change.identify_quality, row.identify_quality),
+                require_liveness=liveness,
+                identify_returns_metadata=_given(
+                    change.identify_returns_metadata, row.identify_returns_metadata
+                ),
+            )
+            # Refuse inconsistent limits (min above max) before anything is stored.
+            collection_policies(
+                self._quality,
+                QualityLimits(**new.enroll_quality),
+                QualityLimits(**new.identify_quality),
+            )
+            stored = self._store.update_collection(new)
+            gated = self._with_gates(stored, coll.gallery)
+            # In place: the collection keeps its lock and identity (writers compare it).
+            coll.enroll_gate, coll.identify_gate = gated.enroll_gate, gated.identify_gate
+            coll.row = stored
         return self._info(coll)
 
     def delete_collection(self, name: str) -> None:
@@ -313,6 +355,7 @@ class FaceService:
             identify_quality=coll.identify_gate.quality,
             require_liveness=r.require_liveness,
             liveness_active=coll.identify_gate.liveness is not None,
+            identify_returns_metadata=r.identify_returns_metadata,
         )
 
     @staticmethod
@@ -494,6 +537,11 @@ class FaceService:
                 hints_available=gallery.count_partitions() > 0,
                 top_k=top_k,
             )
+        metadata: Mapping[str, str] = {}
+        matched = outcome.decision is Decision.MATCH and outcome.uid is not None
+        if matched and outcome.uid is not None and coll.row.identify_returns_metadata:
+            user = self._store.get_user(coll.row.name, outcome.uid)
+            metadata = dict(user.metadata) if user is not None else {}
         token = None
         if outcome.decision is Decision.NEED_HINT:
             token = self._tokens.issue(
@@ -508,6 +556,7 @@ class FaceService:
             threshold=policy.threshold,
             probe_token=token,
             probe_token_ttl_s=self._tokens.ttl_s if token is not None else 0.0,
+            metadata=metadata,
         )
 
     def verify(self, req: VerifyRequest, *, deadline: float | None = None) -> VerifyResult:
@@ -649,6 +698,14 @@ def _as_seen_by_caller(exc: DuplicateFace) -> DuplicateFace:
         "the face matches another enrolled user; pass allow_duplicate to enrol anyway",
         metadata=hidden,
     )
+
+
+def _given(value: _T | None, current: _T) -> _T:
+    return current if value is None else value
+
+
+def _limits(limits: QualityLimits | None, current: Mapping[str, float]) -> Mapping[str, float]:
+    return dict(current) if limits is None else limits.items()
 
 
 def _version() -> str:

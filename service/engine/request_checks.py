@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from service.domain import CollectionKind, CollectionSpec
+from service.domain import CollectionKind, CollectionSpec, CollectionUpdate
 from service.errors import InvalidArgument
+from service.pipeline.quality import QualityLimits
 
 COLLECTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_UID_CHARS = 128
@@ -86,14 +87,46 @@ def collection_spec(spec: object) -> CollectionSpec:
     collection_name(spec.name, "name")
     if not isinstance(spec.kind, CollectionKind):
         raise _bad("kind", f"must be PAY or MEMBER, got {spec.kind!r}")
-    if spec.threshold is not None and not _finite_in(spec.threshold, -1.0, 1.0):
-        raise _bad("threshold", f"must be a cosine similarity in [-1, 1], got {spec.threshold!r}")
-    if spec.margin is not None and not _finite_in(spec.margin, 0.0, 1.0):
-        raise _bad("margin", f"must be in [0, 1], got {spec.margin!r}")
-    h = spec.hint_required_above
+    _tunables(spec.threshold, spec.margin, spec.hint_required_above)
+    _flag(spec.identify_returns_metadata, "identify_returns_metadata")
+    return spec
+
+
+def collection_update(change: object) -> CollectionUpdate:
+    """The same checks as ``collection_spec`` for the fields an update sets."""
+    if not isinstance(change, CollectionUpdate):
+        raise InvalidArgument("expected a CollectionUpdate")
+    collection_name(change.name, "name")
+    _tunables(change.threshold, change.margin, change.hint_required_above)
+    for name in ("enroll_quality", "identify_quality"):
+        limits = getattr(change, name)
+        if limits is not None and not isinstance(limits, QualityLimits):
+            raise _bad(name, "must be QualityLimits")
+    if change.require_liveness is not None:
+        _flag(change.require_liveness, "require_liveness")
+        if change.reset_require_liveness:
+            raise _bad(
+                "require_liveness", "set require_liveness or reset_require_liveness, not both"
+            )
+    _flag(change.reset_require_liveness, "reset_require_liveness")
+    if change.identify_returns_metadata is not None:
+        _flag(change.identify_returns_metadata, "identify_returns_metadata")
+    return change
+
+
+def _tunables(threshold: object, margin: object, hint_required_above: object) -> None:
+    if threshold is not None and not _finite_in(threshold, -1.0, 1.0):
+        raise _bad("threshold", f"must be a cosine similarity in [-1, 1], got {threshold!r}")
+    if margin is not None and not _finite_in(margin, 0.0, 1.0):
+        raise _bad("margin", f"must be in [0, 1], got {margin!r}")
+    h = hint_required_above
     if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 0):
         raise _bad("hint_required_above", f"must be an integer >= 0, got {h!r}")
-    return spec
+
+
+def _flag(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise _bad(name, f"must be true or false, got {value!r}")
 
 
 def _finite_in(x: object, lo: float, hi: float) -> bool:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # Actions recorded by service.observability.audited_service (admin tools may add their own,
 # e.g. key rotation).
 CREATE_COLLECTION: Final = "create_collection"
+UPDATE_COLLECTION: Final = "update_collection"
 DELETE_COLLECTION: Final = "delete_collection"
 ENROLL: Final = "enroll"
 DELETE_USER: Final = "delete_user"

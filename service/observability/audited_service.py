@@ -106,6 +106,13 @@ class AuditedService:
             collection=spec.name,
         )
 
+    def update_collection(self, change: domain.CollectionUpdate) -> domain.CollectionInfo:
+        return self._run(
+            audit.UPDATE_COLLECTION,
+            lambda: self._inner.update_collection(change),
+            collection=change.name,
+        )
+
     def delete_collection(self, name: str) -> None:
         self._run(
             audit.DELETE_COLLECTION, lambda: self._inner.delete_collection(name), collection=name

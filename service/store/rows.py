@@ -27,6 +27,7 @@ class CollectionRow:
     enroll_quality: Mapping[str, float] = field(default_factory=dict)
     identify_quality: Mapping[str, float] = field(default_factory=dict)
     require_liveness: bool | None = None
+    identify_returns_metadata: bool = False  # MATCH answers carry the user's metadata
 
 
 @dataclass(frozen=True, slots=True)

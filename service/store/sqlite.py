@@ -66,7 +66,7 @@ __all__ = [
     "UserRow",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE collections (
@@ -81,7 +81,8 @@ CREATE TABLE collections (
     transform_gen       INTEGER NOT NULL DEFAULT 0,  -- revocable templates: 0 = off
     enroll_quality      TEXT NOT NULL DEFAULT '{}',  -- JSON {limit name: value}, the
     identify_quality    TEXT NOT NULL DEFAULT '{}',  -- collection's own quality limits
-    require_liveness    INTEGER  -- NULL: the server's rule for the kind, 0/1: own choice
+    require_liveness    INTEGER,  -- NULL: the server's rule for the kind, 0/1: own choice
+    identify_returns_metadata INTEGER NOT NULL DEFAULT 0  -- MATCH answers carry metadata
 );
 CREATE TABLE users (
     collection   TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
@@ -153,6 +154,10 @@ ALTER TABLE faces ADD COLUMN transform_gen INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE collections ADD COLUMN enroll_quality TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE collections ADD COLUMN identify_quality TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE collections ADD COLUMN require_liveness INTEGER;
+""",
+    # 3 -> 4: opt-in user metadata in Identify answers (default: off).
+    3: """
+ALTER TABLE collections ADD COLUMN identify_returns_metadata INTEGER NOT NULL DEFAULT 0;
 """,
 }
 
@@ -243,7 +248,8 @@ class SqliteStore:
                 cur = db.execute(
                     "INSERT INTO collections (name, kind, threshold, margin, hint_required_above,"
                     " model_id, created_at, transform_gen, enroll_quality, identify_quality,"
-                    " require_liveness) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " require_liveness, identify_returns_metadata)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _collection_values(row),
                 )
                 cid = int(cur.lastrowid or 0)
@@ -257,6 +263,22 @@ class SqliteStore:
                 f"collection {new.name!r} already exists", metadata={"collection": new.name}
             ) from exc
         return dataclasses.replace(row, id=cid)
+
+    def update_collection(self, row: CollectionRow) -> CollectionRow:
+        """Store the tunables of ``row`` (threshold, margin, hint limit, quality limits,
+        liveness, metadata in answers) for the collection with its id; the rest of a
+        collection never changes. Returns the row as stored."""
+        values = _collection_values(row)
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE collections SET threshold = ?, margin = ?, hint_required_above = ?,"
+                " enroll_quality = ?, identify_quality = ?, require_liveness = ?,"
+                " identify_returns_metadata = ? WHERE id = ?",
+                (*values[2:5], *values[8:], row.id),
+            )
+            if cur.rowcount != 1:
+                raise _unknown_collection(row.name)
+        return self.get_collection(row.name)
 
     def delete_collection(self, name: str) -> int:
         """Delete the collection with its users, faces and change log. Returns faces removed."""
@@ -619,12 +641,15 @@ class SqliteStore:
 
 _COLLECTION_SELECT = (
     "SELECT id, name, kind, threshold, margin, hint_required_above, model_id, created_at,"
-    " transform_gen, enroll_quality, identify_quality, require_liveness FROM collections"
+    " transform_gen, enroll_quality, identify_quality, require_liveness,"
+    " identify_returns_metadata FROM collections"
 )
 
 
 def _collection_values(row: CollectionRow) -> tuple[object, ...]:
-    """The row's columns after ``id``, in ``_COLLECTION_SELECT`` order."""
+    """The row's columns after ``id``, in ``_COLLECTION_SELECT`` order: name, kind,
+    threshold, margin, hint_required_above, model_id, created_at, transform_gen,
+    enroll_quality, identify_quality, require_liveness, identify_returns_metadata."""
     liveness = row.require_liveness
     return (
         row.name,
@@ -638,6 +663,7 @@ def _collection_values(row: CollectionRow) -> tuple[object, ...]:
         json.dumps(dict(row.enroll_quality), sort_keys=True),
         json.dumps(dict(row.identify_quality), sort_keys=True),
         None if liveness is None else int(liveness),
+        int(row.identify_returns_metadata),
     )
 
 
@@ -656,6 +682,7 @@ def _collection_row(r: tuple[Any, ...]) -> CollectionRow:
         enroll_quality=json.loads(r[9]),
         identify_quality=json.loads(r[10]),
         require_liveness=None if r[11] is None else bool(r[11]),
+        identify_returns_metadata=bool(r[12]),
     )
 
 

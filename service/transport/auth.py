@@ -79,6 +79,7 @@ RULES: Mapping[str, Rule] = {
     "GetUser": Rule(Role.ENROLLER, "collection"),
     "ListUsers": Rule(Role.ENROLLER, "collection"),
     "CreateCollection": Rule(Role.ADMIN, "name"),
+    "UpdateCollection": Rule(Role.ADMIN, "name"),
     "DeleteCollection": Rule(Role.ADMIN, "name"),
     "GetCollection": Rule(Role.ADMIN, "name"),
     "ListCollections": Rule(Role.ADMIN, None),  # a scoped key sees only its collections

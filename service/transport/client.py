@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.domain import (
     CollectionInfo,
     CollectionSpec,
+    CollectionUpdate,
     EnrollRequest,
     EnrollResult,
     IdentifyRequest,
@@ -167,6 +168,14 @@ class FaceGateClient:
     ) -> CollectionInfo:
         reply = self._invoke("CreateCollection", convert.collection_spec_to_proto(spec), timeout)
         return convert.collection_info_from_proto(reply)
+
+    def update_collection(
+        self, change: CollectionUpdate, *, timeout: float | None = None
+    ) -> CollectionInfo:
+        request = convert.collection_update_to_proto(change)
+        return convert.collection_info_from_proto(
+            self._invoke("UpdateCollection", request, timeout)
+        )
 
     def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
         self._invoke("DeleteCollection", convert.delete_collection_request_to_proto(name), timeout)

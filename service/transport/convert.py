@@ -26,6 +26,7 @@ from service.domain import (
     CollectionInfo,
     CollectionKind,
     CollectionSpec,
+    CollectionUpdate,
     Decision,
     EnrollRequest,
     EnrollResult,
@@ -245,6 +246,7 @@ def collection_spec_to_proto(spec: CollectionSpec) -> pb.CreateCollectionRequest
         msg.identify_quality.CopyFrom(quality_limits_to_proto(spec.identify_quality))
     if spec.require_liveness is not None:
         msg.require_liveness = spec.require_liveness
+    msg.identify_returns_metadata = spec.identify_returns_metadata
     return msg
 
 
@@ -261,7 +263,53 @@ def collection_spec_from_proto(msg: pb.CreateCollectionRequest) -> CollectionSpe
         enroll_quality=quality_limits_from_proto(msg.enroll_quality, "enroll_quality"),
         identify_quality=quality_limits_from_proto(msg.identify_quality, "identify_quality"),
         require_liveness=msg.require_liveness if msg.HasField("require_liveness") else None,
+        identify_returns_metadata=msg.identify_returns_metadata,
     )
+
+
+def collection_update_to_proto(change: CollectionUpdate) -> pb.UpdateCollectionRequest:
+    msg = pb.UpdateCollectionRequest(
+        name=change.name, reset_require_liveness=change.reset_require_liveness
+    )
+    for name in _UPDATE_SCALARS:
+        value = getattr(change, name)
+        if value is not None:
+            setattr(msg, name, value)
+    if change.enroll_quality is not None:
+        msg.enroll_quality.CopyFrom(quality_limits_to_proto(change.enroll_quality))
+    if change.identify_quality is not None:
+        msg.identify_quality.CopyFrom(quality_limits_to_proto(change.identify_quality))
+    return msg
+
+
+def collection_update_from_proto(msg: pb.UpdateCollectionRequest) -> CollectionUpdate:
+    def limits(name: str) -> QualityLimits | None:
+        return quality_limits_from_proto(getattr(msg, name), name) if msg.HasField(name) else None
+
+    def given(name: str) -> Any:
+        return getattr(msg, name) if msg.HasField(name) else None
+
+    return CollectionUpdate(
+        name=_required(msg.name, "name"),
+        threshold=_finite(msg.threshold, "threshold") if msg.HasField("threshold") else None,
+        margin=_finite(msg.margin, "margin") if msg.HasField("margin") else None,
+        hint_required_above=given("hint_required_above"),
+        enroll_quality=limits("enroll_quality"),
+        identify_quality=limits("identify_quality"),
+        require_liveness=given("require_liveness"),
+        reset_require_liveness=msg.reset_require_liveness,
+        identify_returns_metadata=given("identify_returns_metadata"),
+    )
+
+
+# The optional scalar fields an update request copies as they are.
+_UPDATE_SCALARS = (
+    "threshold",
+    "margin",
+    "hint_required_above",
+    "require_liveness",
+    "identify_returns_metadata",
+)
 
 
 def collection_info_to_proto(info: CollectionInfo) -> pb.Collection:
@@ -281,6 +329,7 @@ def collection_info_to_proto(info: CollectionInfo) -> pb.Collection:
         enroll_quality_overrides=quality_limits_to_proto(info.enroll_quality_overrides),
         identify_quality_overrides=quality_limits_to_proto(info.identify_quality_overrides),
         liveness_active=info.liveness_active,
+        identify_returns_metadata=info.identify_returns_metadata,
     )
     if info.enroll_quality is not None:
         msg.enroll_quality.CopyFrom(quality_policy_to_proto(info.enroll_quality))
@@ -311,6 +360,7 @@ def collection_info_from_proto(msg: pb.Collection) -> CollectionInfo:
         identify_quality=_optional_policy(msg, "identify_quality"),
         require_liveness=msg.require_liveness if msg.HasField("require_liveness") else None,
         liveness_active=msg.liveness_active,
+        identify_returns_metadata=msg.identify_returns_metadata,
     )
 
 
@@ -442,6 +492,7 @@ def identify_result_to_proto(res: IdentifyResult) -> pb.IdentifyResponse:
         candidates=[candidate_to_proto(c) for c in res.candidates],
         threshold=res.threshold,
         probe_token_ttl_s=res.probe_token_ttl_s,
+        metadata=dict(res.metadata),
     )
     if res.uid is not None:
         msg.uid = res.uid
@@ -462,6 +513,7 @@ def identify_result_from_proto(msg: pb.IdentifyResponse) -> IdentifyResult:
         threshold=msg.threshold,
         probe_token=msg.probe_token if msg.HasField("probe_token") else None,
         probe_token_ttl_s=msg.probe_token_ttl_s,
+        metadata=dict(msg.metadata),
     )
 
 
@@ -746,6 +798,9 @@ CONVERTERS: Mapping[str, Converter[Any, Any]] = {
     ),
     "facegate.v1.CreateCollectionRequest": Converter(
         CollectionSpec, collection_spec_to_proto, collection_spec_from_proto
+    ),
+    "facegate.v1.UpdateCollectionRequest": Converter(
+        CollectionUpdate, collection_update_to_proto, collection_update_from_proto
     ),
     "facegate.v1.Collection": Converter(
         CollectionInfo, collection_info_to_proto, collection_info_from_proto

@@ -59,6 +59,7 @@ class _Servicer:
     def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         table: dict[str, tuple[type[Message], _Handler]] = {
             "CreateCollection": (pb.CreateCollectionRequest, _create_collection),
+            "UpdateCollection": (pb.UpdateCollectionRequest, _update_collection),
             "DeleteCollection": (pb.DeleteCollectionRequest, _delete_collection),
             "GetCollection": (pb.GetCollectionRequest, _get_collection),
             "ListCollections": (pb.ListCollectionsRequest, _list_collections),
@@ -142,6 +143,11 @@ def _create_collection(svc: FaceServicePort, msg: Any, _: float | None) -> Any:
     return convert.collection_info_to_proto(
         svc.create_collection(convert.collection_spec_from_proto(msg))
     )
+
+
+def _update_collection(svc: FaceServicePort, msg: Any, _: float | None) -> Any:
+    change = convert.collection_update_from_proto(msg)
+    return convert.collection_info_to_proto(svc.update_collection(change))
 
 
 def _delete_collection(svc: FaceServicePort, msg: Any, _: float | None) -> Any:

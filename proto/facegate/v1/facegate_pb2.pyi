@@ -101,7 +101,7 @@ class QualityLimits(_message.Message):
     def __init__(self, min_inter_eye_px: _Optional[float] = ..., min_sharpness: _Optional[float] = ..., max_yaw_deg: _Optional[float] = ..., max_pitch_deg: _Optional[float] = ..., max_roll_deg: _Optional[float] = ..., min_brightness: _Optional[float] = ..., max_brightness: _Optional[float] = ..., max_clipped_fraction: _Optional[float] = ..., max_outside_fraction: _Optional[float] = ..., comparable_face_ratio: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "revocable_templates", "enroll_quality", "identify_quality", "require_liveness")
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "revocable_templates", "enroll_quality", "identify_quality", "require_liveness", "identify_returns_metadata")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class CreateCollectionRequest(_message.Message):
     ENROLL_QUALITY_FIELD_NUMBER: _ClassVar[int]
     IDENTIFY_QUALITY_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_RETURNS_METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: CollectionKind
     threshold: float
@@ -120,10 +121,33 @@ class CreateCollectionRequest(_message.Message):
     enroll_quality: QualityLimits
     identify_quality: QualityLimits
     require_liveness: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., require_liveness: _Optional[bool] = ...) -> None: ...
+    identify_returns_metadata: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., require_liveness: _Optional[bool] = ..., identify_returns_metadata: _Optional[bool] = ...) -> None: ...
+
+class UpdateCollectionRequest(_message.Message):
+    __slots__ = ("name", "threshold", "margin", "hint_required_above", "enroll_quality", "identify_quality", "require_liveness", "reset_require_liveness", "identify_returns_metadata")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    HINT_REQUIRED_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    RESET_REQUIRE_LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_RETURNS_METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    threshold: float
+    margin: float
+    hint_required_above: int
+    enroll_quality: QualityLimits
+    identify_quality: QualityLimits
+    require_liveness: bool
+    reset_require_liveness: bool
+    identify_returns_metadata: bool
+    def __init__(self, name: _Optional[str] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., require_liveness: _Optional[bool] = ..., reset_require_liveness: _Optional[bool] = ..., identify_returns_metadata: _Optional[bool] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "model_id", "user_count", "face_count", "created_at", "embedding_dim", "revocable_templates", "transform_generation", "enroll_quality", "identify_quality", "enroll_quality_overrides", "identify_quality_overrides", "require_liveness", "liveness_active")
+    __slots__ = ("name", "kind", "threshold", "margin", "hint_required_above", "model_id", "user_count", "face_count", "created_at", "embedding_dim", "revocable_templates", "transform_generation", "enroll_quality", "identify_quality", "enroll_quality_overrides", "identify_quality_overrides", "require_liveness", "liveness_active", "identify_returns_metadata")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +166,7 @@ class Collection(_message.Message):
     IDENTIFY_QUALITY_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_LIVENESS_FIELD_NUMBER: _ClassVar[int]
     LIVENESS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_RETURNS_METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: CollectionKind
     threshold: float
@@ -160,7 +185,8 @@ class Collection(_message.Message):
     identify_quality_overrides: QualityLimits
     require_liveness: bool
     liveness_active: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., model_id: _Optional[str] = ..., user_count: _Optional[int] = ..., face_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., transform_generation: _Optional[int] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., enroll_quality_overrides: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality_overrides: _Optional[_Union[QualityLimits, _Mapping]] = ..., require_liveness: _Optional[bool] = ..., liveness_active: _Optional[bool] = ...) -> None: ...
+    identify_returns_metadata: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CollectionKind, str]] = ..., threshold: _Optional[float] = ..., margin: _Optional[float] = ..., hint_required_above: _Optional[int] = ..., model_id: _Optional[str] = ..., user_count: _Optional[int] = ..., face_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., revocable_templates: _Optional[bool] = ..., transform_generation: _Optional[int] = ..., enroll_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality: _Optional[_Union[QualityLimits, _Mapping]] = ..., enroll_quality_overrides: _Optional[_Union[QualityLimits, _Mapping]] = ..., identify_quality_overrides: _Optional[_Union[QualityLimits, _Mapping]] = ..., require_liveness: _Optional[bool] = ..., liveness_active: _Optional[bool] = ..., identify_returns_metadata: _Optional[bool] = ...) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
     __slots__ = ("name",)
@@ -246,7 +272,14 @@ class IdentifyRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., probe_token: _Optional[str] = ..., hint: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("decision", "uid", "score", "candidates", "face", "threshold", "probe_token", "probe_token_ttl_s")
+    __slots__ = ("decision", "uid", "score", "candidates", "face", "threshold", "probe_token", "probe_token_ttl_s", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DECISION_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +288,7 @@ class IdentifyResponse(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PROBE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PROBE_TOKEN_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     uid: str
     score: float
@@ -263,7 +297,8 @@ class IdentifyResponse(_message.Message):
     threshold: float
     probe_token: str
     probe_token_ttl_s: float
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., uid: _Optional[str] = ..., score: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., face: _Optional[_Union[FaceBox, _Mapping]] = ..., threshold: _Optional[float] = ..., probe_token: _Optional[str] = ..., probe_token_ttl_s: _Optional[float] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., uid: _Optional[str] = ..., score: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., face: _Optional[_Union[FaceBox, _Mapping]] = ..., threshold: _Optional[float] = ..., probe_token: _Optional[str] = ..., probe_token_ttl_s: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("collection", "uid", "image")

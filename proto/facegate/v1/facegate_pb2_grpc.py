@@ -49,6 +49,11 @@ class FaceGateStub:
                 request_serializer=facegate_dot_v1_dot_facegate__pb2.GetCollectionRequest.SerializeToString,
                 response_deserializer=facegate_dot_v1_dot_facegate__pb2.Collection.FromString,
                 _registered_method=True)
+        self.UpdateCollection = channel.unary_unary(
+                '/facegate.v1.FaceGate/UpdateCollection',
+                request_serializer=facegate_dot_v1_dot_facegate__pb2.UpdateCollectionRequest.SerializeToString,
+                response_deserializer=facegate_dot_v1_dot_facegate__pb2.Collection.FromString,
+                _registered_method=True)
         self.ListCollections = channel.unary_unary(
                 '/facegate.v1.FaceGate/ListCollections',
                 request_serializer=facegate_dot_v1_dot_facegate__pb2.ListCollectionsRequest.SerializeToString,
@@ -116,6 +121,14 @@ class FaceGateServicer:
 
     def GetCollection(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCollection(self, request, context):
+        """Changes a collection's tunables (threshold, margin, hint limit, quality limits, liveness,
+        metadata in Identify answers); fields left unset keep their value. Checked like create.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -197,6 +210,11 @@ def add_FaceGateServicer_to_server(servicer, server):
             'GetCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCollection,
                     request_deserializer=facegate_dot_v1_dot_facegate__pb2.GetCollectionRequest.FromString,
+                    response_serializer=facegate_dot_v1_dot_facegate__pb2.Collection.SerializeToString,
+            ),
+            'UpdateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCollection,
+                    request_deserializer=facegate_dot_v1_dot_facegate__pb2.UpdateCollectionRequest.FromString,
                     response_serializer=facegate_dot_v1_dot_facegate__pb2.Collection.SerializeToString,
             ),
             'ListCollections': grpc.unary_unary_rpc_method_handler(
@@ -325,6 +343,33 @@ class FaceGate:
             target,
             '/facegate.v1.FaceGate/GetCollection',
             facegate_dot_v1_dot_facegate__pb2.GetCollectionRequest.SerializeToString,
+            facegate_dot_v1_dot_facegate__pb2.Collection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facegate.v1.FaceGate/UpdateCollection',
+            facegate_dot_v1_dot_facegate__pb2.UpdateCollectionRequest.SerializeToString,
             facegate_dot_v1_dot_facegate__pb2.Collection.FromString,
             options,
             channel_credentials,
