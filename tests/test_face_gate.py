@@ -19,6 +19,8 @@ from service.config import LivenessSettings, QualitySettings, Settings
 from service.domain import (
     CollectionKind,
     CollectionSpec,
+    CollectionUpdate,
+    Decision,
     EnrollRequest,
     IdentifyRequest,
     QualityLimits,
@@ -26,7 +28,13 @@ from service.domain import (
     VerifyRequest,
 )
 from service.engine.face_service import FaceService
-from service.errors import DuplicateFace, InvalidArgument, LivenessFailed, LowQuality
+from service.errors import (
+    DuplicateFace,
+    InvalidArgument,
+    LivenessFailed,
+    LowQuality,
+    UnknownCollection,
+)
 from service.pipeline.face_gate import kinds_requiring_liveness, liveness_required
 from service.pipeline.types import DecodedImage
 from service.store.rows import CollectionRow
@@ -195,6 +203,97 @@ def test_duplicate_face_names_the_other_uid_to_enrollers_only(settings: Settings
             svc.enroll(again)
         assert "uid" not in hidden.value.metadata and "alice" not in hidden.value.message
         assert "score" in hidden.value.metadata
+    finally:
+        svc.close()
+
+
+# ---------------------------------------------------------------- update_collection
+
+
+def test_update_changes_later_decisions_and_survives_a_restart(settings: Settings) -> None:
+    svc = build_service(settings, analyzer=FakeAnalyzer())
+    svc.create_collection(CollectionSpec("shop"))
+    svc.enroll(
+        EnrollRequest(
+            "shop", "alice", [face_png(1)], phone_number="+15551234567", metadata={"tier": "gold"}
+        )
+    )
+    probe = IdentifyRequest("shop", face_png(1, 2))
+    first = svc.identify(probe)
+    assert first.decision is Decision.MATCH and first.metadata == {}  # not opted in
+
+    info = svc.update_collection(CollectionUpdate("shop", identify_returns_metadata=True))
+    assert info.identify_returns_metadata
+    greeted = svc.identify(probe)
+    assert greeted.decision is Decision.MATCH and greeted.metadata == {"tier": "gold"}
+    assert svc.identify(IdentifyRequest("shop", face_png(2))).metadata == {}  # a stranger
+
+    strict = svc.update_collection(CollectionUpdate("shop", threshold=0.999, margin=0.2))
+    assert (strict.threshold, strict.margin) == (0.999, 0.2)
+    refused = svc.identify(probe)
+    assert refused.decision is Decision.NO_MATCH and refused.uid is None
+    assert refused.metadata == {}  # metadata only ever comes with a MATCH
+    svc.close()
+
+    again = build_service(settings, analyzer=FakeAnalyzer())
+    try:
+        info = again.get_collection("shop")
+        assert (info.threshold, info.margin, info.identify_returns_metadata) == (0.999, 0.2, True)
+        assert again.identify(probe).decision is Decision.NO_MATCH
+        again.update_collection(CollectionUpdate("shop", threshold=first.threshold))
+        assert again.identify(probe).metadata == {"tier": "gold"}
+    finally:
+        again.close()
+
+
+def test_update_turns_liveness_on_and_back_to_the_kind_default(settings: Settings) -> None:
+    live = RecordingLiveness(0.1)  # every face looks like a spoof
+    svc = _engine(settings, live)
+    try:
+        svc.create_collection(CollectionSpec("member"))
+        svc.enroll(EnrollRequest("member", "a", [face_png(1)]))
+        svc.identify(IdentifyRequest("member", face_png(1, 2)))  # members: no check by default
+        info = svc.update_collection(CollectionUpdate("member", require_liveness=True))
+        assert info.require_liveness is True and info.liveness_active
+        with pytest.raises(LivenessFailed):
+            svc.identify(IdentifyRequest("member", face_png(1, 2)))
+        info = svc.update_collection(CollectionUpdate("member", reset_require_liveness=True))
+        assert info.require_liveness is None and not info.liveness_active
+        svc.identify(IdentifyRequest("member", face_png(1, 2)))
+    finally:
+        svc.close()
+
+
+def test_update_replaces_own_limits_and_refuses_what_create_refuses(settings: Settings) -> None:
+    svc = build_service(settings, analyzer=FakeAnalyzer())
+    try:
+        svc.create_collection(CollectionSpec("c", identify_quality=QualityLimits(max_yaw_deg=7.0)))
+        info = svc.update_collection(
+            CollectionUpdate("c", enroll_quality=QualityLimits(min_sharpness=1e9))
+        )
+        assert info.enroll_quality_overrides == QualityLimits(min_sharpness=1e9)
+        assert info.identify_quality_overrides == QualityLimits(max_yaw_deg=7.0)  # untouched
+        with pytest.raises(LowQuality, match="sharpness"):
+            svc.enroll(EnrollRequest("c", "a", [face_png(1)]))
+        svc.update_collection(CollectionUpdate("c", enroll_quality=QualityLimits()))
+        svc.enroll(EnrollRequest("c", "a", [face_png(1)]))
+
+        before = svc.get_collection("c")
+        bad = [
+            CollectionUpdate(
+                "c", identify_quality=QualityLimits(min_brightness=200.0, max_brightness=100.0)
+            ),
+            CollectionUpdate("c", threshold=1.5),
+            CollectionUpdate("c", margin=-0.1),
+            CollectionUpdate("c", hint_required_above=-1),
+            CollectionUpdate("c", require_liveness=True, reset_require_liveness=True),
+        ]
+        for change in bad:
+            with pytest.raises(InvalidArgument):
+                svc.update_collection(change)
+        assert svc.get_collection("c") == before  # nothing was stored
+        with pytest.raises(UnknownCollection):
+            svc.update_collection(CollectionUpdate("nope", threshold=0.5))
     finally:
         svc.close()
 

@@ -68,7 +68,7 @@ def _tunable_flags(p: argparse.ArgumentParser, *, default: str) -> None:
     p.add_argument("--margin", type=float, help=f"best-vs-second margin (default: {default})")
     p.add_argument(
         "--hint-required-above",
-        type=int,
+        type=_count,
         help=f"users above which Identify needs a hint, 0 = never (default: {default})",
     )
     for phase in ("enroll", "identify"):
@@ -90,6 +90,17 @@ def _tunable_flags(p: argparse.ArgumentParser, *, default: str) -> None:
         default=None,
         help="MATCH answers carry the user's Enroll metadata (never the phone)",
     )
+
+
+def _count(text: str) -> int:
+    """A non-negative integer (the wire field is unsigned: say so here, not in a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; 0 means never")
+    return value
 
 
 def parse_limits(pairs: Sequence[str], flag: str) -> dict[str, float | None]:

@@ -134,6 +134,8 @@ def _identify_text(result: IdentifyResult) -> list[str]:
     if result.decision is Decision.MATCH:
         head += f" uid={result.uid}"
     head += f" score={result.score:.3f} threshold={result.threshold:.3f} face={_box(result.face)}"
+    if result.metadata:  # the collection opted in (identify_returns_metadata)
+        head += "  " + ",".join(f"{k}={v}" for k, v in sorted(result.metadata.items()))
     lines = [head]
     lines += [f"  {c.uid}  {c.score:.3f}" for c in result.candidates]
     if result.probe_token:
