@@ -15,7 +15,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.cli.remote import EXIT_OK, UsageError, collection_line, connect, print_json
+from service.cli.remote import (
+    EXIT_OK,
+    UsageError,
+    collection_line,
+    connect,
+    print_json,
+    print_listing,
+)
 from service.domain import CollectionInfo, CollectionKind, CollectionSpec, CollectionUpdate
 from service.errors import InvalidArgument
 from service.pipeline.quality import QualityLimits
@@ -209,13 +216,7 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     with connect(args) as client:
         infos = client.list_collections()
-    if args.json:
-        print_json({"collections": infos})
-    else:
-        for info in infos:
-            print(collection_line(info))
-        if not infos:
-            print("no collections")
+    print_listing(args, "collections", infos, collection_line, "no collections")
     return EXIT_OK
 
 

@@ -27,6 +27,7 @@ from service.cli.remote import (
     UsageError,
     connect,
     print_json,
+    print_listing,
 )
 from service.config import load_settings
 from service.domain import (
@@ -196,13 +197,7 @@ def _users(args: argparse.Namespace) -> int:
             users = [client.get_user(args.collection, args.uid)]
         else:
             users = list(client.iter_users(args.collection, page_size=args.page_size))
-    if args.json:
-        print_json({"users": users})
-    else:
-        for user in users:
-            print(_user_line(user))
-        if not users:
-            print(f"no users in {args.collection}")
+    print_listing(args, "users", users, _user_line, f"no users in {args.collection}")
     return EXIT_OK
 
 

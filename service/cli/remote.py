@@ -7,7 +7,8 @@ import argparse
 import dataclasses
 import enum
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from service.cli.keys import connection_options
 from service.domain import CollectionInfo
@@ -15,6 +16,8 @@ from service.errors import InvalidArgument
 from service.transport.client import FaceGateClient
 
 EXIT_OK, EXIT_REMOTE, EXIT_USAGE = 0, 1, 2
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -39,6 +42,23 @@ def jsonable(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     print(json.dumps(jsonable(value), sort_keys=True))
+
+
+def print_listing(
+    args: argparse.Namespace,
+    key: str,
+    items: Sequence[T],
+    line: Callable[[T], str],
+    empty: str,
+) -> None:
+    """A list command's output: one JSON document ``{key: items}``, else a line per item."""
+    if args.json:
+        print_json({key: items})
+        return
+    for item in items:
+        print(line(item))
+    if not items:
+        print(empty)
 
 
 def connect(args: argparse.Namespace) -> FaceGateClient:
