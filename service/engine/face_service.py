@@ -538,8 +538,11 @@ class FaceService:
                 top_k=top_k,
             )
         metadata: Mapping[str, str] = {}
-        matched = outcome.decision is Decision.MATCH and outcome.uid is not None
-        if matched and outcome.uid is not None and coll.row.identify_returns_metadata:
+        if (
+            outcome.decision is Decision.MATCH
+            and outcome.uid is not None
+            and coll.row.identify_returns_metadata
+        ):
             user = self._store.get_user(coll.row.name, outcome.uid)
             metadata = dict(user.metadata) if user is not None else {}
         token = None
